@@ -1,0 +1,197 @@
+"""OpenVINO side: compiled models per batch size, their infer requests, profiling.
+
+Everything here either runs on the event loop and only copies memory (``fill``,
+``start_async``), or runs in a worker thread (``collect``, ``load_engine``); nothing here
+awaits, so the scheduler decides what runs where.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import openvino as ov
+
+from ._config import BatcherConfig
+from ._costs import CostTable
+from ._model import ModelSource, ModelSpec, compile_for_batch, read_model
+from ._planner import Chunk
+from ._queue import Request
+
+__all__ = ["Engine", "Slot", "load_engine"]
+
+Outputs = tuple[npt.NDArray[Any], ...]
+ChunkHook = Callable[[Chunk], None]
+
+
+class Slot:
+    """One infer request and the numpy views of its input buffers.
+
+    A static slot's inputs are written in place (no per-chunk allocation); a dynamic slot
+    allocates arrays of the chunk's own size and hands them to OpenVINO without a copy.
+    """
+
+    __slots__ = ("_held", "_inputs", "dynamic", "request")
+
+    def __init__(self, request: Any, n_inputs: int, dynamic: bool) -> None:
+        self.request = request
+        self.dynamic = dynamic
+        self._inputs: list[npt.NDArray[Any]] = (
+            [] if dynamic else [request.get_input_tensor(i).data for i in range(n_inputs)]
+        )
+        self._held: list[npt.NDArray[Any]] = []
+
+    def fill(self, chunk: Chunk, members: Sequence[Request], n_inputs: int, pad: float) -> None:
+        rows = chunk.samples
+        if self.dynamic:
+            self._held = [np.stack([r.inputs[i] for r in members]) for i in range(n_inputs)]
+            for i, array in enumerate(self._held):
+                self.request.set_input_tensor(i, ov.Tensor(array, shared_memory=True))
+            return
+        for i, buffer in enumerate(self._inputs):
+            np.stack([r.inputs[i] for r in members], out=buffer[:rows])
+            if rows < buffer.shape[0]:
+                buffer[rows:] = pad
+
+    def zero_inputs(self) -> None:
+        for buffer in self._inputs:
+            buffer[...] = 0
+
+    def collect(
+        self, chunk: Chunk, n_outputs: int, hook: ChunkHook | None
+    ) -> tuple[Outputs, float]:
+        """Wait for the request (worker thread) and copy out the real rows of every output.
+
+        OpenVINO's Python callback is never called when an inference fails (seen with
+        2026.4), so a callback-only design could leave callers waiting forever; ``wait``
+        raises the failure instead.
+        """
+        self.request.wait()
+        finished = time.perf_counter()
+        self._held = []
+        if hook is not None:
+            hook(chunk)
+        rows = chunk.samples
+        outputs = tuple(
+            np.array(self.request.get_output_tensor(i).data[:rows]) for i in range(n_outputs)
+        )
+        return outputs, finished
+
+
+@dataclass(slots=True)
+class Engine:
+    """The compiled models of one Batcher and a free-slot pool per compiled size."""
+
+    spec: ModelSpec
+    sizes: tuple[int, ...]
+    slots: int
+    pools: dict[int, list[Slot]]
+    compiled: dict[int, Any]
+    compile_seconds: float
+    profile_seconds: float
+    costs: CostTable
+
+    def acquire(self, size: int) -> Slot:
+        # The scheduler never runs more chunks than ``slots`` and each pool holds ``slots``
+        # requests, so a pool is never empty here.
+        return self.pools[size if size in self.pools else 0].pop()
+
+    def release(self, size: int, slot: Slot) -> None:
+        self.pools[size if size in self.pools else 0].append(slot)
+
+
+def _properties(config: BatcherConfig) -> Mapping[str, str]:
+    return {"PERFORMANCE_HINT": config.performance_hint, **dict(config.ov_config)}
+
+
+def load_engine(source: ModelSource, config: BatcherConfig, core: ov.Core | None) -> Engine:
+    """Read and compile the model for every configured size (blocking: run in a thread)."""
+    core = core or ov.Core()
+    model = read_model(core, source)
+    spec = ModelSpec.of(model)
+    started = time.perf_counter()
+    properties = _properties(config)
+    if isinstance(config.batch_sizes, str):
+        sizes = tuple(range(1, config.largest_batch + 1))
+        compiled = {0: compile_for_batch(core, model, -1, config.device, properties)}
+    else:
+        sizes = config.batch_sizes
+        compiled = {
+            size: compile_for_batch(core, model, size, config.device, properties) for size in sizes
+        }
+    compile_seconds = time.perf_counter() - started
+    key = max(compiled)
+    slots = config.max_inflight_chunks or max(
+        1, int(compiled[key].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    )
+    n_inputs = len(spec.inputs)
+    pools = {
+        size: [Slot(model_.create_infer_request(), n_inputs, size == 0) for _ in range(slots)]
+        for size, model_ in compiled.items()
+    }
+    spec = _with_output_shapes(spec, compiled[key])
+    started = time.perf_counter()
+    costs = _initial_costs(config, sizes, pools)
+    return Engine(
+        spec=spec,
+        sizes=sizes,
+        slots=slots,
+        pools=pools,
+        compiled=compiled,
+        compile_seconds=compile_seconds,
+        profile_seconds=time.perf_counter() - started,
+        costs=costs,
+    )
+
+
+def _with_output_shapes(spec: ModelSpec, compiled: Any) -> ModelSpec:
+    from ._model import TensorSpec
+
+    outputs = []
+    for tensor, port in zip(spec.outputs, compiled.outputs, strict=True):
+        shape = port.get_partial_shape()
+        rest = tuple(int(d.get_length()) if d.is_static else -1 for d in list(shape)[1:])
+        outputs.append(TensorSpec(tensor.name, rest, tensor.dtype))
+    return ModelSpec(spec.inputs, tuple(outputs))
+
+
+def _initial_costs(
+    config: BatcherConfig, sizes: tuple[int, ...], pools: dict[int, list[Slot]]
+) -> CostTable:
+    if config.cost_table_path is not None:
+        table = CostTable.load(config.cost_table_path)
+        missing = [s for s in sizes if s not in table.seconds]
+        if missing:
+            raise ValueError(
+                f"cost table {config.cost_table_path!r} has no figure for batch sizes {missing}"
+            )
+        return table
+    if config.strategy != "auto" or config.profile_budget <= 0 or 0 in pools:
+        return CostTable.assumed(sizes)
+    return profile(pools, sizes, config.profile_budget)
+
+
+def profile(pools: dict[int, list[Slot]], sizes: tuple[int, ...], budget: float) -> CostTable:
+    """Median seconds of one inference per size, spending about ``budget`` seconds in all."""
+    per_size = budget / len(sizes)
+    table = {}
+    for size in sizes:
+        slot = pools[size][0]
+        slot.zero_inputs()
+        request = slot.request
+        request.infer()  # warm-up: first run pays one-off allocation
+        times: list[float] = []
+        spent = 0.0
+        while len(times) < 3 or (spent < per_size and len(times) < 200):
+            started = time.perf_counter()
+            request.infer()
+            elapsed = time.perf_counter() - started
+            times.append(elapsed)
+            spent += elapsed
+        table[size] = statistics.median(times)
+    return CostTable(table, source="profiled")

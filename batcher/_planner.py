@@ -1,0 +1,216 @@
+"""Pure planning: how many pending samples become which chunks.
+
+No I/O, no clocks, no state beyond memo tables: every function here maps its arguments to
+the same plan every time, which is what lets the tests check them exhaustively.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Chunk", "estimated_time", "plan", "plan_chunks", "plan_cost_based", "plan_padded"]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Chunk:
+    """One inference: ``samples`` real rows run on the model compiled for ``size`` rows.
+
+    ``size - samples`` rows are padding, computed and thrown away.
+    """
+
+    size: int
+    samples: int
+
+    @property
+    def padding(self) -> int:
+        return self.size - self.samples
+
+
+def _sizes_key(batch_sizes: Iterable[int]) -> tuple[int, ...]:
+    sizes = tuple(sorted(set(batch_sizes)))
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch_sizes must be positive integers, got {sizes!r}")
+    return sizes
+
+
+class _FewestChunksTable:
+    """Memo of the exact fewest-chunks decomposition, grown on demand.
+
+    ``count[m]`` is the fewest chunks summing to exactly ``m`` (``None`` when impossible) and
+    ``pick[m]`` the largest size that starts such a plan, so plans list big chunks first.
+    """
+
+    __slots__ = ("count", "pick", "sizes")
+
+    def __init__(self, sizes: tuple[int, ...]) -> None:
+        self.sizes = sizes
+        self.count: list[int | None] = [0]
+        self.pick: list[int] = [0]
+
+    def grow_to(self, n: int) -> None:
+        count, pick, sizes = self.count, self.pick, self.sizes
+        for m in range(len(count), n + 1):
+            best: int | None = None
+            best_size = 0
+            # Largest size first so that among equally short plans the big chunks win.
+            for size in reversed(sizes):
+                if size > m:
+                    continue
+                rest = count[m - size]
+                if rest is not None and (best is None or rest + 1 < best):
+                    best, best_size = rest + 1, size
+            count.append(best)
+            pick.append(best_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _table(sizes: tuple[int, ...]) -> _FewestChunksTable:
+    return _FewestChunksTable(sizes)
+
+
+def plan_chunks(n: int, batch_sizes: Iterable[int]) -> tuple[int, ...]:
+    """Split ``n`` samples into the fewest chunks whose sizes are all in ``batch_sizes``.
+
+    Exact for any size set (dynamic programming, memoised per size set), largest chunks
+    first: ``plan_chunks(13, (1, 2, 4, 8)) == (8, 4, 1)`` and
+    ``plan_chunks(6, (1, 3, 4)) == (3, 3)``. Raises :class:`ValueError` when no exact split
+    exists (possible only when 1 is not a size).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    sizes = _sizes_key(batch_sizes)
+    table = _table(sizes)
+    if n >= len(table.count):
+        table.grow_to(n)
+    if table.count[n] is None:
+        raise ValueError(f"{n} samples cannot be split exactly into sizes {list(sizes)}")
+    chunks: list[int] = []
+    while n:
+        size = table.pick[n]
+        chunks.append(size)
+        n -= size
+    chunks.sort(reverse=True)
+    return tuple(chunks)
+
+
+def plan_padded(n: int, batch_sizes: Iterable[int]) -> tuple[Chunk, ...]:
+    """Full chunks of the largest size, then the rest padded up to the smallest size that fits."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    sizes = _sizes_key(batch_sizes)
+    largest = sizes[-1]
+    full, rest = divmod(n, largest)
+    chunks = [Chunk(largest, largest)] * full
+    if rest:
+        chunks.append(Chunk(sizes[bisect.bisect_left(sizes, rest)], rest))
+    return tuple(chunks)
+
+
+def estimated_time(chunks: Sequence[Chunk], costs: Mapping[int, float], slots: int) -> float:
+    """Estimated seconds to finish ``chunks`` on ``slots`` parallel device slots.
+
+    A chunk cannot finish before its own cost, and the slots cannot do more than ``slots``
+    chunk-seconds per second, so the estimate is the larger of the two bounds.
+    """
+    if not chunks:
+        return 0.0
+    total = 0.0
+    longest = 0.0
+    for chunk in chunks:
+        cost = costs[chunk.size]
+        total += cost
+        longest = max(longest, cost)
+    return max(longest, total / max(slots, 1))
+
+
+def _plan_key(
+    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: int
+) -> tuple[float, int, int]:
+    # Ties (within float noise) go to fewer padded rows, then to fewer chunks.
+    padding = sum(c.padding for c in chunks)
+    return (round(estimated_time(chunks, costs, slots), 12), padding, len(chunks))
+
+
+def _cheapest_cover(n: int, sizes: Sequence[int], costs: Mapping[int, float]) -> list[int]:
+    """Sizes covering at least ``n`` rows at the least total cost (unbounded knapsack)."""
+    best = [0.0] * (n + 1)
+    pick = [0] * (n + 1)
+    for m in range(1, n + 1):
+        best_cost = float("inf")
+        best_size = 0
+        for size in sizes:
+            cost = costs[size] + best[max(0, m - size)]
+            if cost < best_cost or (cost == best_cost and size > best_size):
+                best_cost, best_size = cost, size
+        best[m], pick[m] = best_cost, best_size
+    chosen: list[int] = []
+    while n > 0:
+        chosen.append(pick[n])
+        n -= pick[n]
+    return chosen
+
+
+def _fill(sizes: Sequence[int], n: int) -> tuple[Chunk, ...]:
+    """Assign ``n`` real samples to chunks of ``sizes``: big chunks full, padding at the end."""
+    chunks: list[Chunk] = []
+    left = n
+    for size in sorted(sizes, reverse=True):
+        take = min(size, left)
+        chunks.append(Chunk(size, take))
+        left -= take
+    return tuple(c for c in chunks if c.samples > 0)
+
+
+def plan_cost_based(
+    n: int, batch_sizes: Iterable[int], costs: Mapping[int, float], slots: int
+) -> tuple[Chunk, ...]:
+    """The plan with the least :func:`estimated_time`, mixing splitting and padding freely.
+
+    Candidates: for each size cap, the cheapest covering of ``n`` rows by sizes up to the cap
+    (bounding the longest chunk trades total work for parallelism), plus the exact
+    fewest-chunks plan and the padded plan; the best under ``estimated_time`` wins, so this is
+    never worse than either fixed strategy under the same costs.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n == 0:
+        return ()
+    sizes = _sizes_key(batch_sizes)
+    missing = [s for s in sizes if s not in costs]
+    if missing:
+        raise ValueError(f"costs must give a time for every batch size, missing {missing}")
+    candidates: list[tuple[Chunk, ...]] = [plan_padded(n, sizes)]
+    # Without 1 among the sizes there may be no exact split; padding plans still cover n.
+    with contextlib.suppress(ValueError):
+        candidates.append(tuple(Chunk(s, s) for s in plan_chunks(n, sizes)))
+    for cap in range(1, len(sizes) + 1):
+        chosen = _cheapest_cover(n, sizes[:cap], costs)
+        candidates.append(_fill(chosen, n))
+    return min(candidates, key=lambda chunks: _plan_key(chunks, costs, slots))
+
+
+def plan(
+    n: int,
+    batch_sizes: Iterable[int],
+    strategy: str = "decompose",
+    costs: Mapping[int, float] | None = None,
+    slots: int = 1,
+) -> tuple[Chunk, ...]:
+    """Plan ``n`` samples with a named strategy: ``"decompose"``, ``"pad"`` or ``"auto"``.
+
+    ``"auto"`` needs ``costs`` (seconds per inference of each size) and the number of
+    parallel device ``slots``.
+    """
+    if strategy == "decompose":
+        return tuple(Chunk(s, s) for s in plan_chunks(n, batch_sizes))
+    if strategy == "pad":
+        return plan_padded(n, batch_sizes)
+    if strategy == "auto":
+        if costs is None:
+            raise ValueError('strategy "auto" needs costs (seconds per inference of each size)')
+        return plan_cost_based(n, batch_sizes, costs, slots)
+    raise ValueError(f'strategy must be one of "decompose", "pad", "auto", got {strategy!r}')
