@@ -1,0 +1,112 @@
+"""Shared test tools: batch-1 references, a chunk gate, callers that record their outcome."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+import openvino as ov
+
+from batcher import Batcher, Chunk
+
+Array = npt.NDArray[Any]
+
+
+def batch1_reference(model: ov.Model, samples: list[Any]) -> list[Any]:
+    """The model's own batch-1 outputs, one inference per sample, no batcher involved."""
+    copy = model.clone()
+    copy.reshape({port: [1, *list(port.get_partial_shape())[1:]] for port in copy.inputs})
+    compiled = ov.Core().compile_model(copy, "CPU")
+    names = [port.get_any_name() for port in compiled.outputs]
+    results = []
+    for sample in samples:
+        if isinstance(sample, Mapping):
+            feed = {name: np.asarray(value)[None] for name, value in sample.items()}
+        else:
+            feed = {0: np.asarray(sample)[None]}
+        out = compiled(feed)
+        values = [out[port][0] for port in compiled.outputs]
+        results.append(values[0] if len(values) == 1 else dict(zip(names, values, strict=True)))
+    return results
+
+
+def assert_close(actual: Any, expected: Any) -> None:
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict)
+        assert actual.keys() == expected.keys()
+        for name in expected:
+            np.testing.assert_allclose(actual[name], expected[name], rtol=1e-4, atol=1e-5)
+    else:
+        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+class ChunkGate:
+    """A chunk hook: every chunk blocks in its worker thread until the test lets it go.
+
+    ``fail_if`` picks chunks that fail instead of delivering results.
+    """
+
+    def __init__(self, fail_if: Callable[[Chunk], bool] | None = None) -> None:
+        self._permits = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self.seen: list[Chunk] = []
+        self.fail_if = fail_if
+        self.open = False
+
+    def __call__(self, chunk: Chunk) -> None:
+        with self._lock:
+            self.seen.append(chunk)
+        # A bounded wait: a test that forgets to open the gate fails instead of hanging.
+        if not self.open and not self._permits.acquire(timeout=20):
+            raise RuntimeError("the test never let this chunk go")
+        if self.fail_if is not None and self.fail_if(chunk):
+            raise RuntimeError(f"injected failure in a {chunk.size}-row chunk")
+
+    def release(self, chunks: int = 1) -> None:
+        for _ in range(chunks):
+            self._permits.release()
+
+    def open_all(self) -> None:
+        self.open = True
+        self._permits.release(1000)
+
+
+class Caller:
+    """Submits one sample in its own cancel scope and records how it ended."""
+
+    def __init__(self, batcher: Batcher, sample: Any, **kwargs: Any) -> None:
+        self.batcher = batcher
+        self.sample = sample
+        self.kwargs = kwargs
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+    async def run(self, order: list[Caller] | None = None) -> None:
+        try:
+            with self.scope:
+                try:
+                    self.result = await self.batcher.submit(self.sample, **self.kwargs)
+                except Exception as exc:
+                    self.error = exc
+                if order is not None:
+                    order.append(self)
+            self.cancelled = self.scope.cancelled_caught
+        finally:
+            self.done.set()
+
+
+async def settle() -> None:
+    """Return once every task waits on something outside the event loop's own work."""
+    await anyio.wait_all_tasks_blocked()
+
+
+def rng_samples(shape: tuple[int, ...], count: int, seed: int = 0) -> list[Array]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import functools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batcher import Chunk, estimated_time, plan, plan_chunks, plan_cost_based, plan_padded
+
+SIZE_SETS = [(1,), (1, 2), (1, 2, 4, 8), (1, 2, 4, 8, 16, 32), (1, 3, 4), (1, 5, 8), (1, 6, 7, 9)]
+
+
+def brute_force_fewest(n: int, sizes: tuple[int, ...]) -> int | None:
+    """Fewest chunks by breadth-first search over sums: independent of the planner's DP."""
+    reached = {0}
+    for chunks in range(n + 1):
+        if n in reached:
+            return chunks
+        reached = {total + s for total in reached for s in sizes if total + s <= n}
+        if not reached:
+            return None
+    return None
+
+
+@pytest.mark.parametrize(
+    ("n", "sizes", "expected"),
+    [
+        (0, (1, 2, 4, 8), ()),
+        (5, (1, 2, 4, 8), (4, 1)),
+        (13, (1, 2, 4, 8), (8, 4, 1)),
+        (37, (1, 2, 4, 8, 16), (16, 16, 4, 1)),
+        (6, (1, 3, 4), (3, 3)),
+        (10, (1, 5, 8), (5, 5)),
+        (8, (4, 1, 2, 8), (8,)),
+    ],
+)
+def test_plan_chunks_examples(n: int, sizes: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    assert plan_chunks(n, sizes) == expected
+
+
+@pytest.mark.parametrize("sizes", SIZE_SETS)
+def test_plan_chunks_is_minimal_for_every_n_up_to_64(sizes: tuple[int, ...]) -> None:
+    for n in range(65):
+        chunks = plan_chunks(n, sizes)
+        assert sum(chunks) == n
+        assert all(c in sizes for c in chunks)
+        assert list(chunks) == sorted(chunks, reverse=True)
+        assert len(chunks) == brute_force_fewest(n, sizes)
+
+
+def test_powers_of_two_give_the_binary_decomposition() -> None:
+    sizes = (1, 2, 4, 8, 16, 32)
+    for n in range(64):
+        expected = tuple(1 << b for b in reversed(range(6)) if n >> b & 1)
+        assert plan_chunks(n, sizes) == expected
+
+
+def test_plan_chunks_without_one_rejects_counts_it_cannot_split() -> None:
+    assert plan_chunks(6, (2, 4)) == (4, 2)
+    with pytest.raises(ValueError, match="cannot be split exactly"):
+        plan_chunks(5, (2, 4))
+
+
+def test_plan_chunks_rejects_negative_counts_and_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        plan_chunks(-1, (1, 2))
+    with pytest.raises(ValueError, match="positive integers"):
+        plan_chunks(3, (0, 1))
+
+
+def test_padded_plan_splits_into_largest_then_pads_the_rest() -> None:
+    assert plan_padded(7, (1, 2, 4, 8)) == (Chunk(8, 7),)
+    assert plan_padded(8, (8,)) == (Chunk(8, 8),)
+    assert plan_padded(19, (4, 8)) == (Chunk(8, 8), Chunk(8, 8), Chunk(4, 3))
+    assert plan_padded(0, (4, 8)) == ()
+
+
+def test_auto_pads_when_one_big_chunk_is_cheaper_than_several() -> None:
+    # A fixed per-inference overhead dominates: one padded 8 beats 4+2+1.
+    costs = {1: 1.0, 2: 1.1, 4: 1.2, 8: 1.4}
+    assert plan(7, (1, 2, 4, 8), "auto", costs, slots=1) == (Chunk(8, 7),)
+
+
+def test_auto_splits_when_rows_cost_in_proportion() -> None:
+    costs = {1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0}
+    chunks = plan(7, (1, 2, 4, 8), "auto", costs, slots=1)
+    assert sorted(chunks, reverse=True) == [Chunk(4, 4), Chunk(2, 2), Chunk(1, 1)]
+
+
+def test_auto_uses_parallel_slots() -> None:
+    # One slot: a single 8 costs 8 and 4+4 costs 8 too (padding breaks the tie: neither pads).
+    # Two slots run 4+4 side by side in 4, so parallelism must win there.
+    costs = {4: 4.0, 8: 8.0}
+    chunks = plan(8, (4, 8), "auto", costs, slots=2)
+    assert chunks == (Chunk(4, 4), Chunk(4, 4))
+    assert estimated_time(chunks, costs, 2) == 4.0
+
+
+def test_plan_rejects_unknown_strategies_and_missing_costs() -> None:
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        plan(3, (1, 2), "greedy")
+    with pytest.raises(ValueError, match='"auto" needs costs'):
+        plan(3, (1, 2), "auto")
+    with pytest.raises(ValueError, match="missing \\[2\\]"):
+        plan_cost_based(3, (1, 2), {1: 1.0}, 1)
+
+
+size_sets = st.lists(st.integers(1, 24), min_size=1, max_size=5, unique=True).map(
+    lambda sizes: tuple(sorted(sizes))
+)
+
+
+@functools.cache
+def brute_force_cached(n: int, sizes: tuple[int, ...]) -> int | None:
+    return brute_force_fewest(n, sizes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=size_sets, n=st.integers(0, 48))
+def test_decompose_equals_brute_force_minimum(sizes: tuple[int, ...], n: int) -> None:
+    expected = brute_force_cached(n, sizes)
+    if expected is None:
+        with pytest.raises(ValueError, match="cannot be split exactly"):
+            plan_chunks(n, sizes)
+    else:
+        chunks = plan_chunks(n, sizes)
+        assert sum(chunks) == n
+        assert len(chunks) == expected
+
+
+def covers_exactly(chunks: tuple[Chunk, ...], n: int, sizes: tuple[int, ...]) -> bool:
+    return sum(c.samples for c in chunks) == n and all(
+        0 < c.samples <= c.size and c.size in sizes for c in chunks
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=size_sets,
+    n=st.integers(0, 80),
+    slots=st.integers(1, 4),
+    data=st.data(),
+)
+def test_every_strategy_covers_n_and_auto_is_never_worse(
+    sizes: tuple[int, ...], n: int, slots: int, data: st.DataObject
+) -> None:
+    costs = {
+        s: data.draw(st.floats(1e-4, 1.0, allow_nan=False, allow_infinity=False)) for s in sizes
+    }
+    padded = plan_padded(n, sizes)
+    auto = plan_cost_based(n, sizes, costs, slots)
+    assert covers_exactly(padded, n, sizes)
+    assert covers_exactly(auto, n, sizes)
+    best_fixed = estimated_time(padded, costs, slots)
+    if brute_force_cached(n, sizes) is not None:
+        decomposed = plan(n, sizes, "decompose")
+        assert covers_exactly(decomposed, n, sizes)
+        best_fixed = min(best_fixed, estimated_time(decomposed, costs, slots))
+    assert estimated_time(auto, costs, slots) <= best_fixed + 1e-12
