@@ -19,8 +19,13 @@ class CostTable:
     #: ``"profiled"`` (measured at start-up), ``"file"`` (loaded), ``"live"`` (moving
     #: average of real chunk timings) or ``"assumed"`` (no measurement: cost grows with size).
     source: str = "profiled"
+    #: Host seconds each chunk costs besides the inference (filling, handing to a worker
+    #: thread, delivering): what makes many tiny chunks slower than their device time says.
+    overhead: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.overhead >= 0:
+            raise ValueError(f"cost table overhead must be >= 0 seconds, got {self.overhead}")
         table = {int(size): float(sec) for size, sec in self.seconds.items()}
         for size, sec in table.items():
             if size < 1 or not sec > 0:
@@ -37,14 +42,22 @@ class CostTable:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"source": self.source, "seconds": {str(k): v for k, v in self.seconds.items()}},
+            {
+                "source": self.source,
+                "overhead": self.overhead,
+                "seconds": {str(k): v for k, v in self.seconds.items()},
+            },
             indent=2,
         )
 
     @classmethod
     def from_json(cls, text: str) -> CostTable:
         data = json.loads(text)
-        return cls({int(k): float(v) for k, v in data["seconds"].items()}, source="file")
+        return cls(
+            {int(k): float(v) for k, v in data["seconds"].items()},
+            source="file",
+            overhead=float(data.get("overhead", 0.0)),
+        )
 
     def save(self, path: str | PathLike[str]) -> None:
         with open(path, "w", encoding="utf-8") as file:
@@ -63,16 +76,19 @@ class LiveCosts:
     more than ``tolerance``, so plans are rebuilt rarely, not per chunk.
     """
 
-    __slots__ = ("_planned", "_seconds", "smoothing", "source", "tolerance")
+    __slots__ = ("_planned", "_seconds", "overhead", "smoothing", "source", "tolerance")
 
     def __init__(self, table: CostTable, smoothing: float, tolerance: float = 0.1) -> None:
         self._seconds = dict(table.seconds)
+        self.overhead = table.overhead
         self._planned = dict(table.seconds)
         self.smoothing = smoothing
         self.tolerance = tolerance
         self.source = table.source
 
     def observe(self, size: int, seconds: float) -> None:
+        """Fold in one chunk's wall time (dispatch to results, overhead included)."""
+        seconds -= self.overhead
         if self.smoothing <= 0 or seconds <= 0 or size not in self._seconds:
             return
         old = self._seconds[size]
@@ -91,4 +107,4 @@ class LiveCosts:
         return self._planned
 
     def snapshot(self) -> CostTable:
-        return CostTable(dict(self._seconds), source=self.source)
+        return CostTable(dict(self._seconds), source=self.source, overhead=self.overhead)

@@ -110,10 +110,13 @@ def plan_padded(n: int, batch_sizes: Iterable[int]) -> tuple[Chunk, ...]:
     return tuple(chunks)
 
 
-def estimated_time(chunks: Sequence[Chunk], costs: Mapping[int, float], slots: int) -> float:
+def estimated_time(
+    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: int, overhead: float = 0.0
+) -> float:
     """Estimated seconds to finish ``chunks`` on ``slots`` parallel device slots.
 
-    A chunk cannot finish before its own cost, and the slots cannot do more than ``slots``
+    Each chunk occupies a slot for its cost plus ``overhead`` (host work per chunk). A chunk
+    cannot finish before its own cost, and the slots cannot do more than ``slots``
     chunk-seconds per second, so the estimate is the larger of the two bounds.
     """
     if not chunks:
@@ -121,18 +124,18 @@ def estimated_time(chunks: Sequence[Chunk], costs: Mapping[int, float], slots: i
     total = 0.0
     longest = 0.0
     for chunk in chunks:
-        cost = costs[chunk.size]
+        cost = costs[chunk.size] + overhead
         total += cost
         longest = max(longest, cost)
     return max(longest, total / max(slots, 1))
 
 
 def _plan_key(
-    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: int
+    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: int, overhead: float
 ) -> tuple[float, int, int]:
     # Ties (within float noise) go to fewer padded rows, then to fewer chunks.
     padding = sum(c.padding for c in chunks)
-    return (round(estimated_time(chunks, costs, slots), 12), padding, len(chunks))
+    return (round(estimated_time(chunks, costs, slots, overhead), 12), padding, len(chunks))
 
 
 def _cheapest_cover(n: int, sizes: Sequence[int], costs: Mapping[int, float]) -> list[int]:
@@ -166,7 +169,11 @@ def _fill(sizes: Sequence[int], n: int) -> tuple[Chunk, ...]:
 
 
 def plan_cost_based(
-    n: int, batch_sizes: Iterable[int], costs: Mapping[int, float], slots: int
+    n: int,
+    batch_sizes: Iterable[int],
+    costs: Mapping[int, float],
+    slots: int,
+    overhead: float = 0.0,
 ) -> tuple[Chunk, ...]:
     """The plan with the least :func:`estimated_time`, mixing splitting and padding freely.
 
@@ -187,10 +194,11 @@ def plan_cost_based(
     # Without 1 among the sizes there may be no exact split; padding plans still cover n.
     with contextlib.suppress(ValueError):
         candidates.append(tuple(Chunk(s, s) for s in plan_chunks(n, sizes)))
+    with_overhead = {size: costs[size] + overhead for size in sizes}
     for cap in range(1, len(sizes) + 1):
-        chosen = _cheapest_cover(n, sizes[:cap], costs)
+        chosen = _cheapest_cover(n, sizes[:cap], with_overhead)
         candidates.append(_fill(chosen, n))
-    return min(candidates, key=lambda chunks: _plan_key(chunks, costs, slots))
+    return min(candidates, key=lambda chunks: _plan_key(chunks, costs, slots, overhead))
 
 
 def plan(
@@ -199,11 +207,12 @@ def plan(
     strategy: str = "decompose",
     costs: Mapping[int, float] | None = None,
     slots: int = 1,
+    overhead: float = 0.0,
 ) -> tuple[Chunk, ...]:
     """Plan ``n`` samples with a named strategy: ``"decompose"``, ``"pad"`` or ``"auto"``.
 
-    ``"auto"`` needs ``costs`` (seconds per inference of each size) and the number of
-    parallel device ``slots``.
+    ``"auto"`` needs ``costs`` (seconds per inference of each size), the number of parallel
+    device ``slots`` and the host ``overhead`` per chunk (see :func:`estimated_time`).
     """
     if strategy == "decompose":
         return tuple(Chunk(s, s) for s in plan_chunks(n, batch_sizes))
@@ -212,5 +221,5 @@ def plan(
     if strategy == "auto":
         if costs is None:
             raise ValueError('strategy "auto" needs costs (seconds per inference of each size)')
-        return plan_cost_based(n, batch_sizes, costs, slots)
+        return plan_cost_based(n, batch_sizes, costs, slots, overhead)
     raise ValueError(f'strategy must be one of "decompose", "pad", "auto", got {strategy!r}')
