@@ -1,0 +1,61 @@
+"""The `batcher` command's own subcommands: demo and tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batcher import BatcherConfig, CostTable
+from batcher._cli import main
+from batcher._tune import SizeProfile, recommend
+
+
+def profile(size: int, latency: float, throughput: float, memory: int = 0) -> SizeProfile:
+    return SizeProfile(size, latency, throughput, 0.01, memory)
+
+
+def test_recommend_keeps_sizes_that_pay_off_within_budgets() -> None:
+    profiles = [
+        profile(1, 0.001, 1000),
+        profile(2, 0.0015, 1500),
+        profile(4, 0.004, 1400),  # no gain over 2
+        profile(8, 0.005, 3000),
+        profile(16, 0.2, 5000),  # too slow for the target
+    ]
+    sizes, strategy, reasons = recommend(profiles, latency_target=0.05, memory_budget=1e9)
+    assert sizes == (1, 2, 8)
+    assert strategy == "auto"
+    assert any("size 4 left out" in r for r in reasons)
+    assert any("size 16 left out" in r and "latency target" in r for r in reasons)
+
+
+def test_recommend_respects_the_memory_budget() -> None:
+    profiles = [profile(1, 0.001, 1000, 10), profile(2, 0.001, 2000, 10)]
+    sizes, _, reasons = recommend(profiles, latency_target=1.0, memory_budget=15)
+    assert sizes == (1,)
+    assert any("memory budget" in r for r in reasons)
+
+
+def test_tune_writes_a_config_the_batcher_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tuned.toml"
+    code = main(
+        ["tune", "identity", "--candidates", "1,2,4", "--seconds", "0.05", "--out", str(out)]
+    )
+    assert code == 0
+    config = BatcherConfig.from_toml(out)
+    assert config.batch_sizes[0] == 1
+    assert config.cost_table_path is not None
+    table = CostTable.load(config.cost_table_path)
+    assert set(table.seconds) == set(config.batch_sizes)
+    assert "| size | latency ms |" in capsys.readouterr().out
+
+
+def test_demo_runs_and_checks_its_results(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--model", "mlp", "--requests", "200", "--callers", "20"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "completed 200" in out
+    assert "largest difference from batch-1 results" in out
