@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -20,10 +21,11 @@ import openvino as ov
 from ._config import BatcherConfig
 from ._costs import CostTable, LiveCosts
 from ._errors import BatcherClosed, DeadlineExceeded, InferenceError, InvalidSample, QueueFull
-from ._execution import ChunkHook, Engine, Outputs, load_engine
+from ._execution import ChunkHook, Engine, Flight, Outputs, Waiters, load_engine
 from ._model import ModelSource, ModelSpec
 from ._planner import Chunk, plan
 from ._queue import PendingQueue, Request, State
+from ._signals import QueueRoom, Signal, signal_factory, threadsafe_call_soon
 from ._stats import BatcherStatistics
 
 __all__ = ["Batcher", "Output"]
@@ -72,23 +74,26 @@ class Batcher:
         self._queue = PendingQueue(self._config.priority_levels)
         self._task_group: anyio.abc.TaskGroup | None = None
         # Event-loop objects are made in __aenter__: the constructor may run outside any loop.
-        self._room: anyio.Semaphore | None
+        self._room: QueueRoom | None
+        self._make_signal: Callable[[], Signal]
+        self._clock: Callable[[], float]
         self._scheduler_scope: anyio.CancelScope
-        self._wakeup: anyio.Event
+        self._wakeup: Signal
         self._drained: anyio.Event
         self._drain_done: anyio.Event
-        self._limiter: anyio.CapacityLimiter
-        self._running: dict[int, list[Request]] = {}
-        self._next_chunk_id = 0
+        self._flights: set[Flight] = set()
         self._free_slots = 0
         self._broken: BaseException | None = None
-        self._plans: dict[int, tuple[Chunk, ...]] = {}
+        self._plans: dict[tuple[int, int], tuple[Chunk, ...]] = {}
         self._live_costs: LiveCosts | None = None
         self._plan_costs: Mapping[int, float] = {}
         self._chunks_since_drift_check = 0
         # Tests inject faults or hold chunks through this; it runs in the worker thread.
         self._chunk_hook: ChunkHook | None = None
-        self._counts: Counter[str] = Counter()
+        # Arrival times matter only to max_delay; otherwise the hot path skips the clock.
+        self._clock_needed = self._config.max_delay > 0
+        self._submitted = self._completed = self._failed = self._cancelled = 0
+        self._expired = self._rejected = self._invalid = 0
         self._inflight_samples = 0
         self._chunks_per_size: Counter[int] = Counter()
         self._samples_per_size: Counter[int] = Counter()
@@ -107,13 +112,22 @@ class Batcher:
             engine.costs = await _with_measured_overhead(engine)
         self._engine = engine
         self._free_slots = engine.slots
-        self._limiter = anyio.CapacityLimiter(engine.slots)
         size = config.max_queue_size
-        self._room = anyio.Semaphore(size) if size is not None else None
+        self._make_signal = signal_factory()
+        self._clock = _loop_clock()
+        self._waiters = Waiters(
+            engine.slots,
+            len(engine.spec.outputs),
+            threadsafe_call_soon(),
+            self._flight_done,
+            lambda: self._chunk_hook,
+        )
+        self._room = QueueRoom(size, self._make_signal) if size is not None else None
         self._scheduler_scope = anyio.CancelScope()
-        self._wakeup = anyio.Event()
+        self._wakeup = self._make_signal()
         self._drained = anyio.Event()
         self._drain_done = anyio.Event()
+        self._landed = anyio.Event()
         self._live_costs = LiveCosts(engine.costs, config.cost_smoothing)
         self._plan_costs = self._live_costs.mark_planned()
         task_group = anyio.create_task_group()
@@ -134,9 +148,14 @@ class Batcher:
         finally:
             self._scheduler_scope.cancel()
             self._fail_unfinished("the batcher closed before this request finished")
+            # Shielded and finite: OpenVINO must be done with every request and the waiter
+            # threads gone before we return, so nothing of ours runs after the block.
+            with anyio.CancelScope(shield=True):
+                while self._flights:
+                    self._landed = anyio.Event()
+                    await self._landed.wait()
+                await anyio.to_thread.run_sync(self._waiters.stop)
             assert self._task_group is not None
-            # Chunk tasks are shielded and finite: this waits for OpenVINO to finish with
-            # every request, so nothing of ours runs after the block is left.
             result = await self._task_group.__aexit__(exc_type, exc, tb)
             self._phase = _Phase.CLOSED
         return result
@@ -156,6 +175,8 @@ class Batcher:
             await self._drain_done.wait()
             return
         self._phase = _Phase.CLOSING
+        if self._room is not None:
+            self._room.wake_all()  # callers waiting for room learn at once that it closed
         bound = self._config.drain_timeout if timeout is None else timeout
         self._wakeup.set()
         with anyio.CancelScope(shield=True):
@@ -172,18 +193,20 @@ class Batcher:
         self._drain_done.set()
 
     def _is_idle(self) -> bool:
-        return self._queue.depth == 0 and not self._running
+        return self._queue.depth == 0 and not self._flights
 
     def _fail_unfinished(self, reason: str) -> None:
         for request in self._queue.drain():
             request.state = State.DONE
             self._release_room()
-            self._settle(request, None, BatcherClosed(reason), "failed")
-        for members in self._running.values():
-            for request in members:
+            self._settle(request, None, BatcherClosed(reason))
+            self._failed += 1
+        for flight in self._flights:
+            for request in flight.members:
                 if request.state is State.RUNNING:
                     self._inflight_samples -= 1
-                    self._settle(request, None, BatcherClosed(reason), "failed")
+                    self._settle(request, None, BatcherClosed(reason))
+                    self._failed += 1
         self._drained.set()
 
     # ------------------------------------------------------------------ public API
@@ -218,22 +241,21 @@ class Batcher:
     def statistics(self) -> BatcherStatistics:
         """A frozen snapshot of the counters."""
         engine = self._engine
-        counts = self._counts
         costs = (
             self._live_costs.snapshot()
             if self._live_costs is not None
             else CostTable.assumed(engine.sizes if engine else (1,))
         )
         return BatcherStatistics(
-            submitted=counts["submitted"],
-            completed=counts["completed"],
-            failed=counts["failed"],
-            cancelled=counts["cancelled"],
-            expired=counts["expired"],
-            rejected=counts["rejected"],
-            invalid=counts["invalid"],
+            submitted=self._submitted,
+            completed=self._completed,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            expired=self._expired,
+            rejected=self._rejected,
+            invalid=self._invalid,
             queue_depth=self._queue.depth,
-            inflight_chunks=len(self._running),
+            inflight_chunks=len(self._flights),
             inflight_samples=self._inflight_samples,
             chunks_per_size=dict(self._chunks_per_size),
             samples_per_size=dict(self._samples_per_size),
@@ -259,12 +281,17 @@ class Batcher:
     async def _submit(
         self, sample: object, timeout: float | None, priority: int, wait_for_room: bool
     ) -> Output:
-        engine = self._open_engine()
+        # The hot path of every request: no anyio indirection, no cancel scope unless a
+        # deadline needs one, no clock read unless something uses the time.
+        if self._phase is not _Phase.OPEN:
+            self._open_engine()
+        engine = self._engine
+        assert engine is not None
         config = self._config
-        if (
+        if priority and (
             isinstance(priority, bool)
             or not isinstance(priority, int)
-            or not (0 <= priority < config.priority_levels)
+            or not 0 <= priority < config.priority_levels
         ):
             raise ValueError(
                 f"priority must be an integer in [0, {config.priority_levels - 1}] "
@@ -277,67 +304,75 @@ class Batcher:
         try:
             inputs = engine.spec.validate(sample, config.input_casting)
         except InvalidSample:
-            self._counts["invalid"] += 1
+            self._invalid += 1
             raise
-        now = anyio.current_time()
-        deadline = math.inf if timeout is None else now + timeout
-        if self._room is not None:
-            await self._acquire_room(wait_for_room, deadline)
-        if self._phase is not _Phase.OPEN:
-            self._release_room()
-            raise BatcherClosed("the batcher closed while this request waited for queue room")
-        request = Request(inputs, priority, now, deadline)
+        if timeout is None and not self._clock_needed:
+            now = deadline = math.inf
+        else:
+            now = self._clock()
+            deadline = math.inf if timeout is None else now + timeout
+        room = self._room
+        if room is not None and not room.try_take():
+            await self._wait_for_room(room, wait_for_room, deadline)
+        request = Request(inputs, priority, now, deadline, self._make_signal())
         self._queue.push(request)
-        self._counts["submitted"] += 1
+        self._submitted += 1
         self._wakeup.set()
-        return await self._result_of(request)
-
-    async def _acquire_room(self, wait: bool, deadline: float) -> None:
-        assert self._room is not None
         try:
-            # The common case (room available) must not pay for a checkpoint and cancel scope.
-            self._room.acquire_nowait()
-            return
-        except anyio.WouldBlock:
-            if not wait:
-                self._counts["rejected"] += 1
-                raise QueueFull(
-                    f"the queue holds max_queue_size={self._config.max_queue_size} samples"
-                ) from None
-        with anyio.move_on_at(deadline):
-            await self._room.acquire()
-            return
-        self._counts["expired"] += 1
-        self._counts["submitted"] += 1
-        raise DeadlineExceeded("the deadline passed while waiting for room in the queue")
-
-    def _release_room(self) -> None:
-        if self._room is not None:
-            self._room.release()
-
-    async def _result_of(self, request: Request) -> Output:
-        try:
-            if request.deadline == math.inf:
-                await request.event.wait()
+            if deadline == math.inf:
+                await request.done.wait()
             else:
-                with anyio.move_on_at(request.deadline):
-                    await request.event.wait()
-            if request.state is State.QUEUED:
-                self._leave_queue(request)
-                self._settle(request, None, _deadline_error(request), "expired")
-            # A deadline bounds queueing only: a sample already running finishes.
-            await request.event.wait()
+                with anyio.move_on_at(deadline):
+                    await request.done.wait()
+                if request.state is State.QUEUED:
+                    self._leave_queue(request)
+                    self._settle(request, None, _deadline_error(request, self._clock()))
+                    self._expired += 1
+                # A deadline bounds queueing only: a sample already running finishes. No
+                # second wait once answered: it would be a checkpoint where a late
+                # cancellation could throw away a result already counted as completed.
+                if not request.done.is_set():
+                    await request.done.wait()
         except BaseException:
             if request.state is State.QUEUED:
                 self._leave_queue(request)
-                self._settle(request, None, None, "cancelled")
+                self._settle(request, None, None)
+                self._cancelled += 1
             elif request.state is State.RUNNING:
                 self._inflight_samples -= 1
-                self._settle(request, None, None, "cancelled")
+                self._settle(request, None, None)
+                self._cancelled += 1
             raise
         if request.error is not None:
             raise request.error
         return request.result  # type: ignore[return-value]
+
+    async def _wait_for_room(self, room: QueueRoom, wait: bool, deadline: float) -> None:
+        if not wait:
+            self._rejected += 1
+            raise QueueFull(f"the queue holds max_queue_size={self._config.max_queue_size} samples")
+        waiter = room.enqueue_waiter()
+        try:
+            with anyio.move_on_at(deadline):
+                await waiter.wait()
+        except BaseException:
+            # Counted like a deadline here: submitted, then resolved (as cancelled).
+            room.abandon(waiter)
+            self._submitted += 1
+            self._cancelled += 1
+            raise
+        if not waiter.is_set():
+            room.abandon(waiter)
+            self._submitted += 1
+            self._expired += 1
+            raise DeadlineExceeded("the deadline passed while waiting for room in the queue")
+        if self._phase is not _Phase.OPEN:
+            room.give_back()
+            raise BatcherClosed("the batcher closed while this request waited for queue room")
+
+    def _release_room(self) -> None:
+        if self._room is not None:
+            self._room.give_back()
 
     def _leave_queue(self, request: Request) -> None:
         request.state = State.DONE
@@ -345,15 +380,13 @@ class Batcher:
         self._release_room()
         self._note_progress()
 
-    def _settle(
-        self, request: Request, result: object, error: BaseException | None, outcome: str
-    ) -> None:
+    @staticmethod
+    def _settle(request: Request, result: object, error: BaseException | None) -> None:
         request.state = State.DONE
         request.result = result
         request.error = error
         request.inputs = ()  # the caller is answered: free the sample's memory now
-        self._counts[outcome] += 1
-        request.event.set()
+        request.done.set()
 
     def _note_progress(self) -> None:
         if self._phase is _Phase.CLOSING and self._is_idle():
@@ -369,7 +402,7 @@ class Batcher:
                         if not await self._hold_for_companions():
                             self._dispatch()
                         continue
-                    self._wakeup = anyio.Event()
+                    self._wakeup = self._make_signal()
                     await self._wakeup.wait()
             except BaseException as exc:
                 if not isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -386,54 +419,53 @@ class Batcher:
         config = self._config
         if (
             config.max_delay <= 0
-            or not self._running
+            or not self._flights
             or self._queue.depth >= config.largest_batch
             or self._phase is not _Phase.OPEN
         ):
             return False
         until = self._queue.oldest_arrival() + config.max_delay
-        if until <= anyio.current_time():
+        if until <= self._clock():
             return False
-        self._wakeup = anyio.Event()
+        self._wakeup = self._make_signal()
         with anyio.move_on_at(until):
             await self._wakeup.wait()
         return True
 
-    def _plan(self, n: int) -> tuple[Chunk, ...]:
-        cached = self._plans.get(n)
+    def _plan(self, n: int, free: int) -> tuple[Chunk, ...]:
+        """Chunks for ``n`` samples, largest first, memoised per (n, free slots).
+
+        The cost model counts only the slots free now: chunks planned for slots that are
+        still busy would run one after another on the free ones.
+        """
+        key = (n, free)
+        cached = self._plans.get(key)
         if cached is None:
             engine = self._engine
             assert engine is not None
-            strategy = (
-                "decompose"
-                if isinstance(self._config.batch_sizes, str)
-                else (self._config.strategy)
-            )
-            cached = plan(
-                n, engine.sizes, strategy, self._plan_costs, engine.slots, engine.costs.overhead
-            )
-            cached = tuple(sorted(cached, reverse=True))
-            self._plans[n] = cached
+            strategy = "decompose" if self._config.dynamic else self._config.strategy
+            chunks = plan(n, engine.sizes, strategy, self._plan_costs, free, engine.costs.overhead)
+            cached = self._plans[key] = tuple(sorted(chunks, reverse=True))
         return cached
 
     def _dispatch(self) -> None:
         engine = self._engine
         assert engine is not None
-        assert self._task_group is not None
-        now = anyio.current_time()
+        now = self._clock()
         limit = min(self._queue.depth, self._free_slots * self._config.largest_batch)
         batch: list[Request] = []
         for request in self._queue.take(limit):
             if request.deadline <= now:
                 request.state = State.DONE
                 self._release_room()
-                self._settle(request, None, _deadline_error(request), "expired")
+                self._settle(request, None, _deadline_error(request, now))
+                self._expired += 1
             else:
                 batch.append(request)
         if not batch:
             self._note_progress()
             return
-        chunks = self._plan(len(batch))[: self._free_slots]
+        chunks = self._plan(len(batch), self._free_slots)[: self._free_slots]
         start = 0
         for chunk in chunks:
             members = batch[start : start + chunk.samples]
@@ -442,43 +474,60 @@ class Batcher:
                 request.state = State.RUNNING
                 self._release_room()
             self._inflight_samples += len(members)
-            self._free_slots -= 1
-            chunk_id = self._next_chunk_id
-            self._next_chunk_id += 1
-            self._running[chunk_id] = members
-            self._task_group.start_soon(self._run_chunk, chunk_id, chunk, members)
+            self._launch(engine, chunk, members)
         if start < len(batch):
             self._queue.put_back(batch[start:])
 
-    async def _run_chunk(self, chunk_id: int, chunk: Chunk, members: list[Request]) -> None:
+    def _launch(self, engine: Engine, chunk: Chunk, members: list[Request]) -> None:
+        """Copy the rows in and start the inference, now: no task sits between."""
+        slot = engine.acquire(chunk.size)
+        flight = Flight(chunk, members, slot)
+        self._free_slots -= 1
+        self._flights.add(flight)
+        try:
+            slot.fill(chunk, members, len(engine.spec.inputs), self._config.pad_value)
+            slot.request.start_async()
+        except Exception as exc:
+            flight.error = exc
+            self._flight_done(flight)
+            return
+        self._waiters.watch(flight)
+
+    def _flight_done(self, flight: Flight) -> None:
+        """A flight's outcome, on the event loop (called soon from a waiter thread).
+
+        Runs as a bare loop callback, where an exception would escape to the event loop
+        itself (and end a trio run): a bug here fails the waiting callers instead.
+        """
+        try:
+            self._land(flight)
+        except Exception as exc:
+            logger.exception("batcher internal error while finishing a chunk")
+            self._broken = exc
+            self._fail_unfinished(f"the batcher failed internally: {exc!r}")
+            self._flights.discard(flight)
+            if not self._flights:
+                self._landed.set()
+
+    def _land(self, flight: Flight) -> None:
         engine = self._engine
         assert engine is not None
-        spec = engine.spec
-        slot = engine.acquire(chunk.size)
-        # Shielded: a chunk is finite work, and its callers must hear how it ended even when
-        # the surrounding task group is being cancelled.
-        with anyio.CancelScope(shield=True):
-            try:
-                started = anyio.current_time()
-                slot.fill(chunk, members, len(spec.inputs), self._config.pad_value)
-                slot.request.start_async()
-                outputs, _ = await anyio.to_thread.run_sync(
-                    slot.collect, chunk, len(spec.outputs), self._chunk_hook, limiter=self._limiter
-                )
-            except Exception as exc:
-                self._chunk_failed(chunk, members, exc)
-            else:
-                self._observe(chunk, anyio.current_time() - started)
-                self._deliver(chunk, members, outputs)
-            finally:
-                engine.release(chunk.size, slot)
-                del self._running[chunk_id]
-                self._free_slots += 1
-                self._chunks_per_size[chunk.size] += 1
-                self._samples_per_size[chunk.size] += chunk.samples
-                self._padded_rows += chunk.padding
-                self._wakeup.set()
-                self._note_progress()
+        chunk = flight.chunk
+        engine.release(chunk.size, flight.slot)
+        self._flights.discard(flight)
+        self._free_slots += 1
+        self._chunks_per_size[chunk.size] += 1
+        self._samples_per_size[chunk.size] += chunk.samples
+        self._padded_rows += chunk.padding
+        if flight.error is not None:
+            self._chunk_failed(chunk, flight.members, flight.error)
+        else:
+            self._observe(chunk, flight.device_seconds)
+            self._deliver(chunk, flight.members, flight.outputs)
+        self._wakeup.set()
+        self._note_progress()
+        if not self._flights:
+            self._landed.set()
 
     def _deliver(self, chunk: Chunk, members: list[Request], outputs: Outputs) -> None:
         assert self._engine is not None
@@ -493,7 +542,8 @@ class Batcher:
                 if single
                 else {name: out[row] for name, out in zip(names, outputs, strict=True)}
             )
-            self._settle(request, result, None, "completed")
+            self._settle(request, result, None)
+            self._completed += 1
 
     def _chunk_failed(self, chunk: Chunk, members: list[Request], exc: Exception) -> None:
         self._failed_chunks_per_size[chunk.size] += 1
@@ -513,7 +563,8 @@ class Batcher:
                 f"inference of the {chunk.size}-row chunk holding this sample failed: {exc}"
             )
             error.__cause__ = exc
-            self._settle(request, None, error, "failed")
+            self._settle(request, None, error)
+            self._failed += 1
 
     def _observe(self, chunk: Chunk, seconds: float) -> None:
         live = self._live_costs
@@ -528,8 +579,17 @@ class Batcher:
                 self._plans.clear()
 
 
-def _deadline_error(request: Request) -> DeadlineExceeded:
-    waited = anyio.current_time() - request.arrival
+def _loop_clock() -> Callable[[], float]:
+    """The running loop's clock: the one anyio deadlines (``move_on_at``) are measured on."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return anyio.current_time
+    return loop.time
+
+
+def _deadline_error(request: Request, now: float) -> DeadlineExceeded:
+    waited = now - request.arrival
     return DeadlineExceeded(
         f"the deadline passed after {waited:.6f} s in the queue; the sample was not computed"
     )

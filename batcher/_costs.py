@@ -70,41 +70,44 @@ class CostTable:
 
 
 class LiveCosts:
-    """A cost table that follows real chunk timings with an exponential moving average.
+    """A cost table that follows the device's real speed.
 
-    ``drifted`` tells the planner when its memoised plans were built on figures that moved by
-    more than ``tolerance``, so plans are rebuilt rarely, not per chunk.
+    Live chunk timings move one shared speed factor (an exponential moving average of
+    measured / tabled seconds), not each size on its own: sizes in use would otherwise get
+    slower under load while rarely used ones kept their quiet-machine figures and looked
+    cheap, and the plan would chase them. ``drifted`` tells the planner when its memoised
+    plans were built on a factor that moved by more than ``tolerance``.
     """
 
-    __slots__ = ("_planned", "_seconds", "overhead", "smoothing", "source", "tolerance")
+    __slots__ = ("_base", "_planned", "factor", "overhead", "smoothing", "source", "tolerance")
 
     def __init__(self, table: CostTable, smoothing: float, tolerance: float = 0.1) -> None:
-        self._seconds = dict(table.seconds)
+        self._base = dict(table.seconds)
         self.overhead = table.overhead
-        self._planned = dict(table.seconds)
         self.smoothing = smoothing
         self.tolerance = tolerance
         self.source = table.source
+        self.factor = 1.0
+        self._planned = 1.0
 
     def observe(self, size: int, seconds: float) -> None:
-        """Fold in one chunk's wall time (dispatch to results, overhead included)."""
-        seconds -= self.overhead
-        if self.smoothing <= 0 or seconds <= 0 or size not in self._seconds:
+        """Fold in one chunk's device seconds."""
+        base = self._base.get(size)
+        if self.smoothing <= 0 or seconds <= 0 or base is None:
             return
-        old = self._seconds[size]
-        self._seconds[size] = old + self.smoothing * (seconds - old)
+        self.factor += self.smoothing * (seconds / base - self.factor)
         self.source = "live"
 
     @property
     def drifted(self) -> bool:
-        tol = self.tolerance
-        return any(
-            abs(now - self._planned[s]) > tol * self._planned[s] for s, now in self._seconds.items()
-        )
+        return abs(self.factor - self._planned) > self.tolerance * self._planned
 
     def mark_planned(self) -> dict[int, float]:
-        self._planned = dict(self._seconds)
-        return self._planned
+        self._planned = self.factor
+        return self.current()
+
+    def current(self) -> dict[int, float]:
+        return {size: base * self.factor for size, base in self._base.items()}
 
     def snapshot(self) -> CostTable:
-        return CostTable(dict(self._seconds), source=self.source, overhead=self.overhead)
+        return CostTable(self.current(), source=self.source, overhead=self.overhead)

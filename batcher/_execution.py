@@ -7,7 +7,9 @@ awaits, so the scheduler decides what runs where.
 
 from __future__ import annotations
 
+import queue
 import statistics
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from ._model import ModelSource, ModelSpec, compile_for_batch, read_model
 from ._planner import Chunk
 from ._queue import Request
 
-__all__ = ["Engine", "Slot", "load_engine"]
+__all__ = ["Engine", "Flight", "Slot", "Waiters", "load_engine"]
 
 Outputs = tuple[npt.NDArray[Any], ...]
 ChunkHook = Callable[[Chunk], None]
@@ -62,25 +64,81 @@ class Slot:
         for buffer in self._inputs:
             buffer[...] = 0
 
-    def collect(
-        self, chunk: Chunk, n_outputs: int, hook: ChunkHook | None
-    ) -> tuple[Outputs, float]:
-        """Wait for the request (worker thread) and copy out the real rows of every output.
-
-        OpenVINO's Python callback is never called when an inference fails (seen with
-        2026.4), so a callback-only design could leave callers waiting forever; ``wait``
-        raises the failure instead.
-        """
-        self.request.wait()
-        finished = time.perf_counter()
+    def read_outputs(self, rows: int, n_outputs: int) -> Outputs:
+        """Copies of the real rows of every output: the request's buffers get reused."""
         self._held = []
-        if hook is not None:
-            hook(chunk)
-        rows = chunk.samples
-        outputs = tuple(
+        return tuple(
             np.array(self.request.get_output_tensor(i).data[:rows]) for i in range(n_outputs)
         )
-        return outputs, finished
+
+
+class Flight:
+    """One chunk between ``start_async`` and its outcome coming back to the event loop."""
+
+    __slots__ = ("chunk", "device_seconds", "error", "members", "outputs", "slot")
+
+    def __init__(self, chunk: Chunk, members: list[Request], slot: Slot) -> None:
+        self.chunk = chunk
+        self.members = members
+        self.slot = slot
+        self.outputs: Outputs = ()
+        self.error: Exception | None = None
+        self.device_seconds = 0.0
+
+
+class Waiters:
+    """Threads that wait for started inferences and hand each outcome to the event loop.
+
+    Why not OpenVINO's completion callback: it is never called when an inference fails
+    (seen with OpenVINO 2026.4), so a callback-only design can leave callers waiting
+    forever. ``wait()`` raises the failure instead. One thread per device slot means a
+    started flight never waits for a thread; the outcome goes back with a non-blocking
+    thread-safe call, so neither the event loop nor OpenVINO's threads ever block on us.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        n_outputs: int,
+        call_soon: Callable[..., object],
+        on_done: Callable[[Flight], None],
+        hook: Callable[[], ChunkHook | None],
+    ) -> None:
+        self._queue: queue.SimpleQueue[Flight | None] = queue.SimpleQueue()
+        self._n_outputs = n_outputs
+        self._call_soon = call_soon
+        self._on_done = on_done
+        self._hook = hook
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"batcher-waiter-{i}", daemon=True)
+            for i in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def watch(self, flight: Flight) -> None:
+        self._queue.put(flight)
+
+    def stop(self) -> None:
+        """Stop every thread (blocking: call from a worker thread once no flight is left)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _serve(self) -> None:
+        while (flight := self._queue.get()) is not None:
+            request = flight.slot.request
+            try:
+                request.wait()
+                flight.device_seconds = request.latency / 1e3
+                hook = self._hook()
+                if hook is not None:
+                    hook(flight.chunk)
+                flight.outputs = flight.slot.read_outputs(flight.chunk.samples, self._n_outputs)
+            except Exception as exc:
+                flight.error = exc
+            self._call_soon(self._on_done, flight)
 
 
 @dataclass(slots=True)

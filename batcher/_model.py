@@ -90,6 +90,10 @@ class ModelSpec:
 
     def validate(self, sample: object, casting: str) -> tuple[npt.NDArray[Any], ...]:
         """The sample as one array per input, in model order, or :class:`InvalidSample`."""
+        if type(sample) is np.ndarray and len(self.inputs) == 1:
+            spec = self.inputs[0]
+            if sample.shape == spec.shape and sample.dtype == spec.dtype:
+                return (sample,)  # the common case, checked without any conversion
         if isinstance(sample, Mapping):
             given = set(sample)
             expected = set(self.input_names)

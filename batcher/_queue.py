@@ -7,8 +7,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-import anyio
 import numpy.typing as npt
+
+from ._signals import Signal
 
 __all__ = ["PendingQueue", "Request", "State"]
 
@@ -22,17 +23,22 @@ class State(enum.Enum):
 class Request:
     """One submitted sample and the slot its caller waits on."""
 
-    __slots__ = ("arrival", "deadline", "error", "event", "inputs", "priority", "result", "state")
+    __slots__ = ("arrival", "deadline", "done", "error", "inputs", "priority", "result", "state")
 
     def __init__(
-        self, inputs: tuple[npt.NDArray[Any], ...], priority: int, arrival: float, deadline: float
+        self,
+        inputs: tuple[npt.NDArray[Any], ...],
+        priority: int,
+        arrival: float,
+        deadline: float,
+        done: Signal,
     ) -> None:
         self.inputs = inputs
         self.arrival = arrival
         self.priority = priority
         self.deadline = deadline
         self.state = State.QUEUED
-        self.event = anyio.Event()
+        self.done = done
         self.result: object = None
         self.error: BaseException | None = None
 

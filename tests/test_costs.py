@@ -25,16 +25,25 @@ def test_cost_table_rejects_nonpositive_figures() -> None:
         CostTable({1: 0.0})
 
 
-def test_live_costs_follow_timings_and_report_drift() -> None:
+def test_live_costs_move_one_speed_factor_and_report_drift() -> None:
     live = LiveCosts(CostTable({1: 1.0, 2: 2.0}), smoothing=0.5, tolerance=0.1)
     live.observe(1, 1.04)
     assert not live.drifted
-    live.observe(1, 3.0)
+    live.observe(2, 6.0)  # size 2 ran three times slower than tabled
     assert live.drifted
     planned = live.mark_planned()
+    # Both sizes follow the device's speed, keeping their profiled ratio.
+    assert planned[2] == pytest.approx(2 * planned[1])
     assert planned[1] == pytest.approx(2.01)
     assert not live.drifted
     assert live.snapshot().source == "live"
+
+
+def test_live_costs_ignore_unknown_sizes_and_frozen_smoothing() -> None:
+    live = LiveCosts(CostTable({1: 1.0}), smoothing=0.0)
+    live.observe(1, 5.0)
+    live.observe(7, 5.0)
+    assert live.current() == {1: 1.0}
 
 
 async def test_auto_profiles_each_size_within_its_budget() -> None:
@@ -60,7 +69,7 @@ async def test_auto_loads_a_saved_cost_table_instead_of_profiling(tmp_path: Path
     async with Batcher(models.mlp((16, 32, 8)), config) as b:
         assert b.statistics().cost_table.source == "file"
         assert b.statistics().profile_seconds < 0.5
-        assert b._plan(3) == (Chunk(4, 3),)
+        assert b._plan(3, free=1) == (Chunk(4, 3),)
         await b.submit(np.zeros(16, np.float32))
 
 

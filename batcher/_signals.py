@@ -1,0 +1,123 @@
+"""Event-loop-native primitives: one-shot signals, thread hand-off, the queue's room.
+
+Every request waits on its own signal, so the per-request cost of that signal is the
+batcher's per-request floor. anyio's portable Event adds layers on each ``set`` and ``wait``;
+a bare asyncio future (or a trio Event) is what anyio itself would use underneath.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+__all__ = ["QueueRoom", "Signal", "signal_factory", "threadsafe_call_soon"]
+
+
+class Signal(Protocol):
+    def set(self) -> None: ...
+    def is_set(self) -> bool: ...
+    def wait(self) -> Awaitable[object]: ...
+
+
+class _FutureSignal:
+    """A one-shot event over an asyncio future (no coroutine frame per wait)."""
+
+    __slots__ = ("_future", "_loop", "_set")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[None] = loop.create_future()
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+        if not self._future.done():
+            self._future.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self) -> Awaitable[object]:
+        if self._future.cancelled():
+            # Cancelling a wait cancels the future itself: waiting again needs a fresh one.
+            self._future = self._loop.create_future()
+            if self._set:
+                self._future.set_result(None)
+        return self._future
+
+
+def signal_factory() -> Callable[[], Signal]:
+    """A maker of signals for the event loop running in this thread."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None and asyncio.current_task() is not None:
+        return lambda: _FutureSignal(loop)
+    import trio  # anyio runs on asyncio or trio; this is trio
+
+    return trio.Event
+
+
+def threadsafe_call_soon() -> Callable[..., object]:
+    """``call(fn, *args)`` from any thread runs ``fn(*args)`` soon on this event loop.
+
+    It never blocks the calling thread (unlike ``anyio.from_thread.run_sync``, which waits
+    for the result): OpenVINO-side threads hand results over and move on.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None and asyncio.current_task() is not None:
+        return loop.call_soon_threadsafe
+    import trio
+
+    return trio.lowlevel.current_trio_token().run_sync_soon
+
+
+class QueueRoom:
+    """Free places in a bounded queue, handed to waiters first come, first served.
+
+    Taking a place when one is free costs an integer decrement, not a checkpoint.
+    """
+
+    __slots__ = ("_make_signal", "_waiters", "free")
+
+    def __init__(self, size: int, make_signal: Callable[[], Signal]) -> None:
+        self.free = size
+        self._make_signal = make_signal
+        self._waiters: deque[Signal] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    def enqueue_waiter(self) -> Signal:
+        """A signal set when a place has been handed to this waiter."""
+        waiter = self._make_signal()
+        self._waiters.append(waiter)
+        return waiter
+
+    def abandon(self, waiter: Signal) -> None:
+        """Withdraw a waiter (cancelled or timed out); give back a place it already got."""
+        if waiter.is_set():
+            self.give_back()
+        else:
+            self._waiters.remove(waiter)
+
+    def give_back(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()
+        else:
+            self.free += 1
+
+    def wake_all(self) -> None:
+        """Hand every waiter a place so each can see the queue closed (and give it back)."""
+        while self._waiters:
+            self.free -= 1
+            self._waiters.popleft().set()
