@@ -164,7 +164,14 @@ class Engine:
 
 
 def _properties(config: BatcherConfig) -> Mapping[str, str]:
-    return {"PERFORMANCE_HINT": config.performance_hint, **dict(config.ov_config)}
+    properties = {"PERFORMANCE_HINT": config.performance_hint}
+    if "CPU" in config.device and not config.dynamic:
+        # Each compiled size pins its own stream threads to the same first cores, so two
+        # chunks of different sizes running at once shared one core while the other idled
+        # (measured: no gain from the second slot). Unpinned, the OS spreads them.
+        properties["ENABLE_CPU_PINNING"] = "NO"
+    properties.update(config.ov_config)
+    return properties
 
 
 def load_engine(source: ModelSource, config: BatcherConfig, core: ov.Core | None) -> Engine:
