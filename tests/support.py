@@ -50,18 +50,24 @@ class ChunkGate:
     ``fail_if`` picks chunks that fail instead of delivering results.
     """
 
-    def __init__(self, fail_if: Callable[[Chunk], bool] | None = None) -> None:
+    def __init__(
+        self,
+        fail_if: Callable[[Chunk], bool] | None = None,
+        hold_if: Callable[[Chunk], bool] | None = None,
+    ) -> None:
         self._permits = threading.Semaphore(0)
         self._lock = threading.Lock()
         self.seen: list[Chunk] = []
         self.fail_if = fail_if
+        self.hold_if = hold_if
         self.open = False
 
     def __call__(self, chunk: Chunk) -> None:
         with self._lock:
             self.seen.append(chunk)
+        held = self.hold_if is None or self.hold_if(chunk)
         # A bounded wait: a test that forgets to open the gate fails instead of hanging.
-        if not self.open and not self._permits.acquire(timeout=20):
+        if held and not self.open and not self._permits.acquire(timeout=20):
             raise RuntimeError("the test never let this chunk go")
         if self.fail_if is not None and self.fail_if(chunk):
             raise RuntimeError(f"injected failure in a {chunk.size}-row chunk")

@@ -112,6 +112,28 @@ async def test_model_loads_from_an_ir_path(tmp_path: Path) -> None:
         assert_close(await b.submit(sample), batch1_reference(model, [sample])[0])
 
 
+async def test_model_loads_from_an_onnx_path(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(8)
+    weight = rng.standard_normal((6, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [6, 3], weight.ravel().tolist())],
+    )
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    samples = rng_samples((6,), 10, seed=9)
+    async with Batcher(str(path), BatcherConfig(**FAST)) as b:  # type: ignore[arg-type]
+        results = await run_concurrently(b, samples, seed=10)
+    for sample, result in zip(samples, results, strict=True):
+        np.testing.assert_allclose(result, np.maximum(sample @ weight, 0), rtol=1e-5, atol=1e-6)
+
+
 async def test_decomposition_uses_the_fewest_chunks() -> None:
     """13 queued samples on one slot run as 8, then 4 and 1 replanned with what is left."""
     gate = ChunkGate()
@@ -265,7 +287,30 @@ async def test_caller_cancelled_during_inference_leaves_its_chunk_mates_alone() 
 # ------------------------------------------------------------------ failures
 
 
-async def test_failed_chunk_fails_only_its_own_callers_each_with_its_own_error() -> None:
+async def test_a_slow_chunk_does_not_hold_up_the_other_slot() -> None:
+    gate = ChunkGate(hold_if=lambda chunk: chunk.size == 4)
+    config = BatcherConfig(max_inflight_chunks=2, **FAST)  # type: ignore[arg-type]
+    samples = rng_samples((16,), 5)
+    expected = batch1_reference(models.mlp(SMALL_MLP), samples)
+    async with Batcher(models.mlp(SMALL_MLP), config) as b, anyio.create_task_group() as tg:
+        b._chunk_hook = gate
+        slow = [Caller(b, s) for s in samples[:4]]
+        for caller in slow:
+            tg.start_soon(caller.run)
+        await settle()  # four samples: one 4-row chunk, held
+        fast = Caller(b, samples[4])
+        tg.start_soon(fast.run)
+        await fast.done.wait()  # served by the second slot while the first is still busy
+        assert_close(fast.result, expected[4])
+        assert not any(c.done.is_set() for c in slow)
+        gate.open_all()
+    for caller, wanted in zip(slow, expected[:4], strict=True):
+        assert_close(caller.result, wanted)
+
+
+async def test_failed_chunk_fails_only_its_own_callers_each_with_its_own_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     gate = ChunkGate(fail_if=lambda chunk: chunk.samples == 4)
     config = BatcherConfig(max_inflight_chunks=1, **FAST)  # type: ignore[arg-type]
     samples = rng_samples((16,), 6)
@@ -296,6 +341,7 @@ async def test_failed_chunk_fails_only_its_own_callers_each_with_its_own_error()
         stats = b.statistics()
     assert stats.failed == 4
     assert stats.failed_chunks_per_size == {4: 1}
+    assert "inference of a 4-row chunk failed (1 failure(s) at this size so far)" in caplog.text
     assert stats.completed == 3
     assert stats.accounted
 
