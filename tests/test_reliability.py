@@ -152,3 +152,30 @@ async def test_low_priority_is_not_starved_past_its_deadline() -> None:
         assert isinstance(low.error, DeadlineExceeded)
         gate.open_all()
     assert all(c.error is None for c in highs)
+
+
+async def test_max_delay_holds_a_partial_chunk_only_while_the_device_is_busy() -> None:
+    gate = ChunkGate(hold_if=lambda chunk: chunk.samples == 1)
+    config = BatcherConfig(
+        max_inflight_chunks=2, max_delay=30.0, strategy="decompose", batch_sizes=(1, 2, 4, 8)
+    )
+    samples = rng_samples((16,), 9)
+    async with Batcher(models.mlp(SMALL_MLP), config) as b, anyio.create_task_group() as tg:
+        b._chunk_hook = gate
+        busy = Caller(b, samples[0])
+        tg.start_soon(busy.run)
+        await settle()  # nothing else was running, so it went at once, alone
+        assert b.statistics().inflight_chunks == 1
+        waiting = [Caller(b, s) for s in samples[1:4]]
+        for caller in waiting:
+            tg.start_soon(caller.run)
+        await settle()
+        # A slot is free, but a chunk is running: three samples wait for companions.
+        assert b.statistics().queue_depth == 3
+        more = [Caller(b, s) for s in samples[4:]]
+        for caller in more:
+            tg.start_soon(caller.run)
+        for caller in waiting + more:
+            await caller.done.wait()  # eight pending fill the largest size: no more waiting
+        gate.open_all()
+    assert [c.size for c in gate.seen] == [1, 8]
