@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-# Each subcommand lives in its own module, imported only when used, so `batcher demo` never
-# pays for the server's imports and vice versa. A module provides register(subparsers).
+# Each subcommand lives in its own module providing register(subparsers); the modules keep
+# their heavy imports inside the commands, so building the parser stays cheap.
 _SUBCOMMAND_MODULES = ("batcher._demo", "batcher._tune", "batcher._netcli")
 
 

@@ -154,13 +154,14 @@ class BatcherConfig:
     def from_toml(cls, path: str | PathLike[str], table: str | None = "batcher") -> BatcherConfig:
         """Load a config from a TOML file.
 
-        The keys live in the ``[batcher]`` table when the file has one, else at top level.
+        The keys live in the ``[batcher]`` table when the file has one, else at top level;
+        other tables (such as ``[server]``) are left to their own readers.
         """
         with open(path, "rb") as file:
             document = tomllib.load(file)
         if table is not None and isinstance(document.get(table), dict):
-            document = document[table]
-        return cls.from_mapping(document)
+            return cls.from_mapping(document[table])
+        return cls.from_mapping({k: v for k, v in document.items() if not isinstance(v, dict)})
 
     def to_toml(self) -> str:
         """Render this config as a ``[batcher]`` TOML table that :meth:`from_toml` reads back."""

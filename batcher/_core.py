@@ -142,7 +142,7 @@ class Batcher:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
         try:
             await self.aclose()
         finally:
@@ -156,9 +156,10 @@ class Batcher:
                     await self._landed.wait()
                 await anyio.to_thread.run_sync(self._waiters.stop)
             assert self._task_group is not None
-            result = await self._task_group.__aexit__(exc_type, exc, tb)
+            # The block's own exception is not handed to the task group, which would wrap it
+            # in an ExceptionGroup: it propagates unchanged once our tasks are done.
+            await self._task_group.__aexit__(None, None, None)
             self._phase = _Phase.CLOSED
-        return result
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Stop accepting samples, finish queued and running ones, then stop.

@@ -361,6 +361,12 @@ async def test_submit_outside_the_context_raises_closed() -> None:
             pass
 
 
+async def test_an_error_in_the_block_propagates_unwrapped() -> None:
+    with pytest.raises(KeyError, match="mine"):
+        async with Batcher(models.mlp(SMALL_MLP), BatcherConfig(**FAST)):  # type: ignore[arg-type]
+            raise KeyError("mine")
+
+
 async def test_exit_drains_queued_and_running_samples() -> None:
     gate = ChunkGate()
     config = BatcherConfig(max_inflight_chunks=1, **FAST)  # type: ignore[arg-type]

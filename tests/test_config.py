@@ -77,6 +77,8 @@ def test_from_toml_reads_top_level_keys_and_names_unknown_ones(tmp_path: Path) -
     path = tmp_path / "flat.toml"
     path.write_text('batch_sizes = "dynamic"\nmax_batch_size = 8\n')
     assert BatcherConfig.from_toml(path).largest_batch == 8
+    path.write_text("[server]\nport = 1\n")
+    assert BatcherConfig.from_toml(path) == BatcherConfig()  # other tables are not ours
     path.write_text("batch_size = [1, 2]\n")
     with pytest.raises(ValueError, match=r"unknown config keys \['batch_size'\]"):
         BatcherConfig.from_toml(path)
