@@ -61,8 +61,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     async with Batcher(model, config) as batcher:
         stats = batcher.statistics()
         print(
-            f"compiled {len(stats.cost_table.seconds)} size(s) in "
-            f"{stats.compile_seconds:.2f} s; {stats.slots} device slot(s)"
+            f"compiled and warmed batch sizes {sizes} in {stats.compile_seconds:.2f} s; "
+            f"{stats.slots} device slot(s)"
         )
         per_caller = args.requests // args.callers
 

@@ -42,8 +42,8 @@ class BatcherStatistics:
     slots: int
     compile_seconds: float
     profile_seconds: float
-    #: The cost table the planner currently uses.
-    cost_table: CostTable
+    #: The cost table the planner currently uses (strategy "auto" only, else ``None``).
+    cost_table: CostTable | None
 
     @property
     def accounted(self) -> bool:

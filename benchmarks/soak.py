@@ -800,7 +800,8 @@ async def run_soak(cfg: SoakConfig, *, progress: Callable[[str], None] | None = 
     statistics["chunks_per_size"] = dict(stats.chunks_per_size)
     statistics["samples_per_size"] = dict(stats.samples_per_size)
     statistics["failed_chunks_per_size"] = dict(stats.failed_chunks_per_size)
-    statistics["cost_table"] = {str(k): v for k, v in stats.cost_table.seconds.items()}
+    table = stats.cost_table
+    statistics["cost_table"] = {str(k): v for k, v in table.seconds.items()} if table else {}
     return SoakReport(
         config=asdict(cfg),
         backend=backend,

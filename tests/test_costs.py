@@ -50,6 +50,7 @@ async def test_auto_profiles_each_size_within_its_budget() -> None:
     config = BatcherConfig(batch_sizes=(1, 2, 4), strategy="auto", profile_budget=0.1)
     async with Batcher(models.mlp((16, 32, 8)), config) as b:
         stats = b.statistics()
+    assert stats.cost_table is not None
     assert stats.cost_table.source == "profiled"
     assert set(stats.cost_table.seconds) == {1, 2, 4}
     assert stats.profile_seconds < 5.0  # budget plus warm-up runs, far below this bound
@@ -67,7 +68,9 @@ async def test_auto_loads_a_saved_cost_table_instead_of_profiling(tmp_path: Path
         max_inflight_chunks=1,
     )
     async with Batcher(models.mlp((16, 32, 8)), config) as b:
-        assert b.statistics().cost_table.source == "file"
+        table = b.statistics().cost_table
+        assert table is not None
+        assert table.source == "file"
         assert b.statistics().profile_seconds < 0.5
         assert b._plan(3, free=1) == (Chunk(4, 3),)
         await b.submit(np.zeros(16, np.float32))

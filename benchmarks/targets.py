@@ -1,0 +1,204 @@
+"""The performance targets, each evaluated as a ratio of figures measured in the same run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .metrics import Point
+
+__all__ = ["AutoComparison", "Target", "compare_auto", "evaluate", "evaluate_overhead"]
+
+PRODUCT = "batcher-decompose"
+#: Run-to-run spread on a shared 2-core machine: differences inside these are not findings.
+THROUGHPUT_NOISE = 0.05
+P99_NOISE = 0.15
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    model: str
+    description: str
+    value: float | None
+    reference: float | None
+    #: value / reference; compared with ``threshold`` (``>=`` or ``<=`` per ``higher_is_better``).
+    ratio: float | None
+    threshold: float
+    higher_is_better: bool
+    #: None when it could not be measured (``note`` says why).
+    met: bool | None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _target(
+    name: str,
+    model: str,
+    description: str,
+    value: float | None,
+    reference: float | None,
+    threshold: float,
+    higher_is_better: bool = True,
+    note: str = "",
+) -> Target:
+    ratio: float | None = None
+    met: bool | None = None
+    if value is not None and reference and math.isfinite(value) and math.isfinite(reference):
+        ratio = value / reference
+        met = ratio >= threshold if higher_is_better else ratio <= threshold
+    return Target(name, model, description, value, reference, ratio, threshold, higher_is_better,
+                  met, note)  # fmt: skip
+
+
+def _best(points: Sequence[Point], contender: str) -> float | None:
+    rates = [p.throughput for p in points if p.contender == contender]
+    return max(rates) if rates else None
+
+
+def _at(points: Sequence[Point], contender: str, mode: str, level: float) -> Point | None:
+    for p in points:
+        if p.contender == contender and p.mode == mode and p.level == level:
+            return p
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class AutoComparison:
+    """``batcher-auto`` against the better fixed strategy at one load point."""
+
+    model: str
+    mode: str
+    level: float
+    throughput_ratio: float
+    p99_ratio: float
+    throughput_ok: bool
+    p99_ok: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_auto(model: str, points: Sequence[Point]) -> list[AutoComparison]:
+    rows = []
+    for auto in (p for p in points if p.contender == "batcher-auto"):
+        fixed = [_at(points, name, auto.mode, auto.level) for name in (PRODUCT, "batcher-pad")]
+        if any(p is None for p in fixed):
+            continue
+        best_rate = max(p.throughput for p in fixed if p is not None)
+        best_p99 = min(p.p99_ms for p in fixed if p is not None)
+        rate_ratio = auto.throughput / best_rate
+        p99_ratio = auto.p99_ms / best_p99
+        rows.append(
+            AutoComparison(
+                model,
+                auto.mode,
+                auto.level,
+                rate_ratio,
+                p99_ratio,
+                rate_ratio >= 1 - THROUGHPUT_NOISE,
+                p99_ratio <= 1 + P99_NOISE,
+            )
+        )
+    return rows
+
+
+def _level(row: AutoComparison) -> str:
+    return f"{row.mode} C={row.level:g}" if row.mode == "closed" else f"open {row.level:g}x"
+
+
+def evaluate(
+    model: str,
+    points: Sequence[Point],
+    physical_limit: float,
+    raw_batch1_latency_s: float,
+    errors: dict[str, str],
+) -> list[Target]:
+    """Every per-model target; ``errors`` gives why a contender has no points."""
+    best = _best(points, PRODUCT)
+    targets = [
+        _target(
+            "saturated_vs_physical",
+            model,
+            "saturated throughput >= 0.95 x physical limit",
+            best,
+            physical_limit,
+            0.95,
+        )
+    ]
+    for other, threshold in (("naive", 3.0), ("ov-async-b1", 1.0), ("ov-auto-batch", 1.0)):
+        targets.append(
+            _target(
+                f"vs_{other}",
+                model,
+                f"saturated throughput >= {threshold:g} x {other}",
+                best,
+                _best(points, other),
+                threshold,
+                note=f"{other} did not run: {errors[other]}" if other in errors else "",
+            )
+        )
+    single = _at(points, PRODUCT, "closed", 1)
+    targets.append(
+        _target(
+            "low_load_p50",
+            model,
+            "p50 latency with 1 caller <= 1.1 x raw batch-1 infer() (THROUGHPUT hint)",
+            single.p50_ms / 1e3 if single else None,
+            raw_batch1_latency_s,
+            1.1,
+            higher_is_better=False,
+        )
+    )
+    rows = compare_auto(model, points)
+    if rows:
+        worst_rate = min(rows, key=lambda r: r.throughput_ratio)
+        worst_p99 = max(rows, key=lambda r: r.p99_ratio)
+        slow = [_level(r) for r in rows if not r.throughput_ok]
+        late = [_level(r) for r in rows if not r.p99_ok]
+        targets.append(
+            Target(
+                "auto_throughput",
+                model,
+                f"auto throughput >= better of decompose/pad at every point "
+                f"(within {THROUGHPUT_NOISE:.0%})",
+                None,
+                None,
+                worst_rate.throughput_ratio,
+                1 - THROUGHPUT_NOISE,
+                True,
+                not slow,
+                f"worst at {_level(worst_rate)}"
+                + (f"; below at {', '.join(slow)}" if slow else ""),
+            )
+        )
+        targets.append(
+            Target(
+                "auto_p99",
+                model,
+                f"auto p99 <= better of decompose/pad at every point (within {P99_NOISE:.0%})",
+                None,
+                None,
+                worst_p99.p99_ratio,
+                1 + P99_NOISE,
+                False,
+                not late,
+                f"worst at {_level(worst_p99)}" + (f"; above at {', '.join(late)}" if late else ""),
+            )
+        )
+    return targets
+
+
+def evaluate_overhead(best_rps: float) -> Target:
+    return _target(
+        "scheduler_overhead",
+        "identity",
+        "requests/s through the Batcher on the identity model >= 100k",
+        best_rps,
+        100_000.0,
+        1.0,
+    )

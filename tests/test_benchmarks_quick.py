@@ -1,0 +1,94 @@
+"""The benchmark suite runs end to end in quick mode and reports every figure it promises.
+
+No timing is asserted: CI machines are shared and noisy. What is checked is that every
+contender ran (or recorded why not) at every load point with positive, finite figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RATE_AND_LATENCY = ("offered_rate", "throughput", "p50_ms", "p95_ms", "p99_ms")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "ETA" in done.stdout  # progress lines, one per measurement
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_files_written(results: tuple[dict[str, Any], Path]) -> None:
+    data, out = results
+    assert (out / "results.md").read_text().startswith("# batcher benchmark results")
+    for model in data["models"]:
+        for mode in ("closed", "open"):
+            assert (out / f"{model}_{mode}.png").stat().st_size > 0
+
+
+def test_every_contender_at_every_load_point(results: tuple[dict[str, Any], Path]) -> None:
+    data, _ = results
+    settings = data["settings"]
+    assert set(data["models"]) == {"mlp", "cnn"}
+    for name, model in data["models"].items():
+        assert _positive(model["physical_limit"]["samples_per_s"]), name
+        assert all(_positive(v) for v in model["raw_batch1_latency_ms"].values())
+        assert set(model["contenders"]) == set(data["contenders"])
+        for contender, info in model["contenders"].items():
+            if info["error"]:
+                # Only OpenVINO's automatic batching may be unavailable on a machine.
+                assert contender == "ov-auto-batch", info["error"]
+                continue
+            assert info["output_max_abs_diff"] < 1e-2, (name, contender)
+            assert info["setup"]["seconds"] > 0
+            points = [p for p in model["points"] if p["contender"] == contender]
+            levels = {(p["mode"], p["level"]) for p in points}
+            expected = {("closed", c) for c in settings["callers"]} | {
+                ("open", f) for f in settings["load_factors"]
+            }
+            assert levels == expected, (name, contender)
+            for p in points:
+                for key in RATE_AND_LATENCY:
+                    assert _positive(p[key]), (name, contender, p["mode"], p["level"], key)
+                assert p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"]
+                assert _positive(p["cpu_us_per_sample"])
+                assert p["completed"] > 0
+                if contender.startswith("batcher") or contender in ("naive", "ov-async-b1"):
+                    assert _positive(p["mean_chunk_size"])
+                    assert _positive(p["chunks_per_s"])
+
+
+def test_targets_and_overhead(results: tuple[dict[str, Any], Path]) -> None:
+    data, _ = results
+    names = {(t["name"], t["model"]) for t in data["targets"]}
+    for model in ("mlp", "cnn"):
+        for target in ("saturated_vs_physical", "vs_naive", "vs_ov-async-b1", "low_load_p50"):
+            assert (target, model) in names
+    assert ("scheduler_overhead", "identity") in names
+    for t in data["targets"]:
+        assert t["met"] in (True, False, None)
+        if t["met"] is not None:
+            assert _positive(t["ratio"])
+    overhead = data["scheduler_overhead"]
+    assert _positive(overhead["best_rps"])
+    assert all(_positive(v) for v in overhead["generator_ceiling_rps"].values())
