@@ -443,7 +443,8 @@ class Batcher:
             engine = self._engine
             assert engine is not None
             strategy = "decompose" if self._config.dynamic else self._config.strategy
-            chunks = plan(n, engine.sizes, strategy, self._plan_costs, free, engine.costs.overhead)
+            slots = engine.costs.effective_slots(free)
+            chunks = plan(n, engine.sizes, strategy, self._plan_costs, slots, engine.costs.overhead)
             cached = self._plans[key] = tuple(sorted(chunks, reverse=True))
         return cached
 
@@ -621,4 +622,9 @@ async def _with_measured_overhead(engine: Engine) -> CostTable:
         await anyio.to_thread.run_sync(slot.request.wait)
         walls.append(time.perf_counter() - started)
     overhead = max(statistics.median(walls) - engine.costs.seconds[size], _MIN_OVERHEAD)
-    return CostTable(engine.costs.seconds, source=engine.costs.source, overhead=overhead)
+    return CostTable(
+        engine.costs.seconds,
+        source=engine.costs.source,
+        overhead=overhead,
+        parallelism=engine.costs.parallelism,
+    )

@@ -22,6 +22,9 @@ class CostTable:
     #: Host seconds each chunk costs besides the inference (filling, handing to a worker
     #: thread, delivering): what makes many tiny chunks slower than their device time says.
     overhead: float = 0.0
+    #: How many chunks the device really runs side by side (measured: the speed-up of all
+    #: slots busy over one); 0 means unknown, and the planner trusts the slot count.
+    parallelism: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.overhead >= 0:
@@ -40,11 +43,16 @@ class CostTable:
         """A stand-in before any measurement: a fixed overhead plus a cost per row."""
         return cls({s: 1.0 + s for s in sizes}, source="assumed")
 
+    def effective_slots(self, free: int) -> float:
+        """Slots the planner should count when ``free`` are free."""
+        return min(float(free), self.parallelism) if self.parallelism > 0 else float(free)
+
     def to_json(self) -> str:
         return json.dumps(
             {
                 "source": self.source,
                 "overhead": self.overhead,
+                "parallelism": self.parallelism,
                 "seconds": {str(k): v for k, v in self.seconds.items()},
             },
             indent=2,
@@ -57,6 +65,7 @@ class CostTable:
             {int(k): float(v) for k, v in data["seconds"].items()},
             source="file",
             overhead=float(data.get("overhead", 0.0)),
+            parallelism=float(data.get("parallelism", 0.0)),
         )
 
     def save(self, path: str | PathLike[str]) -> None:
@@ -79,11 +88,21 @@ class LiveCosts:
     plans were built on a factor that moved by more than ``tolerance``.
     """
 
-    __slots__ = ("_base", "_planned", "factor", "overhead", "smoothing", "source", "tolerance")
+    __slots__ = (
+        "_base",
+        "_planned",
+        "factor",
+        "overhead",
+        "parallelism",
+        "smoothing",
+        "source",
+        "tolerance",
+    )
 
     def __init__(self, table: CostTable, smoothing: float, tolerance: float = 0.1) -> None:
         self._base = dict(table.seconds)
         self.overhead = table.overhead
+        self.parallelism = table.parallelism
         self.smoothing = smoothing
         self.tolerance = tolerance
         self.source = table.source
@@ -110,4 +129,9 @@ class LiveCosts:
         return {size: base * self.factor for size, base in self._base.items()}
 
     def snapshot(self) -> CostTable:
-        return CostTable(self.current(), source=self.source, overhead=self.overhead)
+        return CostTable(
+            self.current(),
+            source=self.source,
+            overhead=self.overhead,
+            parallelism=self.parallelism,
+        )

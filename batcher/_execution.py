@@ -275,4 +275,28 @@ def profile(pools: dict[int, list[Slot]], sizes: tuple[int, ...], budget: float)
     highest = 0.0
     for size in sorted(table):
         highest = table[size] = max(table[size], highest)
-    return CostTable(table, source="profiled")
+    return CostTable(table, source="profiled", parallelism=_parallelism(pools, sizes[-1], table))
+
+
+def _parallelism(pools: dict[int, list[Slot]], size: int, table: dict[int, float]) -> float:
+    """The speed-up of every slot busy at once over one, on the largest size.
+
+    On a small machine the slots share cores with the event loop and with each other, so
+    two chunks side by side can take well over the time of one: the planner must not count
+    on parallelism the device does not deliver.
+    """
+    pool = pools[size]
+    if len(pool) < 2:
+        return 1.0
+    for slot in pool:
+        slot.zero_inputs()
+    rounds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for slot in pool:
+            slot.request.start_async()
+        for slot in pool:
+            slot.request.wait()
+        rounds.append(time.perf_counter() - started)
+    speedup = len(pool) * table[size] / statistics.median(rounds)
+    return min(max(speedup, 1.0), float(len(pool)))

@@ -111,27 +111,28 @@ def plan_padded(n: int, batch_sizes: Iterable[int]) -> tuple[Chunk, ...]:
 
 
 def estimated_time(
-    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: int, overhead: float = 0.0
+    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: float, overhead: float = 0.0
 ) -> float:
     """Estimated seconds to finish ``chunks`` on ``slots`` parallel device slots.
 
-    Each chunk occupies a slot for its cost plus ``overhead`` (host work per chunk). A chunk
-    cannot finish before its own cost, and the slots cannot do more than ``slots``
-    chunk-seconds per second, so the estimate is the larger of the two bounds.
+    The device runs up to ``slots`` chunks side by side; the host (one event loop) spends
+    ``overhead`` seconds on each chunk, one after another. So the work takes at least the
+    longest chunk plus its overhead, and at least the device-seconds shared over the slots
+    plus every chunk's overhead; the estimate is the larger bound.
     """
     if not chunks:
         return 0.0
     total = 0.0
     longest = 0.0
     for chunk in chunks:
-        cost = costs[chunk.size] + overhead
+        cost = costs[chunk.size]
         total += cost
         longest = max(longest, cost)
-    return max(longest, total / max(slots, 1))
+    return max(longest + overhead, total / max(slots, 1.0) + len(chunks) * overhead)
 
 
 def _plan_key(
-    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: int, overhead: float
+    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: float, overhead: float
 ) -> tuple[float, int, int]:
     # Ties (within float noise) go to fewer padded rows, then to fewer chunks.
     padding = sum(c.padding for c in chunks)
@@ -172,7 +173,7 @@ def plan_cost_based(
     n: int,
     batch_sizes: Iterable[int],
     costs: Mapping[int, float],
-    slots: int,
+    slots: float,
     overhead: float = 0.0,
 ) -> tuple[Chunk, ...]:
     """The plan with the least :func:`estimated_time`, mixing splitting and padding freely.
@@ -194,7 +195,8 @@ def plan_cost_based(
     # Without 1 among the sizes there may be no exact split; padding plans still cover n.
     with contextlib.suppress(ValueError):
         candidates.append(tuple(Chunk(s, s) for s in plan_chunks(n, sizes)))
-    with_overhead = {size: costs[size] + overhead for size in sizes}
+    # The second bound of estimated_time, times the slots, is what the covering minimises.
+    with_overhead = {size: costs[size] + overhead * max(slots, 1.0) for size in sizes}
     for cap in range(1, len(sizes) + 1):
         chosen = _cheapest_cover(n, sizes[:cap], with_overhead)
         candidates.append(_fill(chosen, n))
@@ -206,7 +208,7 @@ def plan(
     batch_sizes: Iterable[int],
     strategy: str = "decompose",
     costs: Mapping[int, float] | None = None,
-    slots: int = 1,
+    slots: float = 1,
     overhead: float = 0.0,
 ) -> tuple[Chunk, ...]:
     """Plan ``n`` samples with a named strategy: ``"decompose"``, ``"pad"`` or ``"auto"``.
