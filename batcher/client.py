@@ -27,13 +27,13 @@ from . import _protocol as proto
 from ._core import Output
 from ._errors import BatcherError
 from ._model import ModelSpec, TensorSpec
+from ._sending import send_frames
 
 __all__ = ["Client", "ConnectionLost", "ServerError"]
 
 #: Default largest answer the client accepts; answers are one sample's outputs.
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 _OUTBOX_FRAMES = 256
-_COALESCE_BYTES = 256 * 1024
 _READ_CHUNK = 256 * 1024
 
 
@@ -226,18 +226,7 @@ class Client:
     async def _write_loop(self) -> None:
         assert self._stream is not None
         try:
-            async with self._outbox_receive:
-                async for data in self._outbox_receive:
-                    parts = [data]
-                    size = len(data)
-                    while size < _COALESCE_BYTES:
-                        try:
-                            more = self._outbox_receive.receive_nowait()
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                        parts.append(more)
-                        size += len(more)
-                    await self._stream.send(data if len(parts) == 1 else b"".join(parts))
+            await send_frames(self._outbox_receive, self._stream)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             self._fail_all(f"the connection broke while sending: {exc!r}")
 

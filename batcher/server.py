@@ -36,6 +36,7 @@ from ._config import BatcherConfig
 from ._core import Batcher
 from ._errors import BatcherClosed
 from ._model import ModelSource, ModelSpec, TensorSpec
+from ._sending import send_frames
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -56,9 +57,6 @@ logger = logging.getLogger("batcher.server")
 BUILTIN_MODELS = ("mlp", "cnn", "identity", "two_heads")
 
 _READ_CHUNK = 256 * 1024
-# Answers already waiting when the writer wakes go out in one send, up to this many bytes:
-# under load that saves a system call per answer.
-_COALESCE_BYTES = 256 * 1024
 # After a fatal error or a shutdown the server half-closes and keeps discarding what the
 # peer still sends for this long: closing a socket with unread input sends a reset, which
 # can destroy the answers (the error frame above all) before the peer has read them.
@@ -535,18 +533,7 @@ class _Connection:
 
     async def _write_loop(self) -> None:
         try:
-            async with self._receive:
-                async for data in self._receive:
-                    parts = [data]
-                    size = len(data)
-                    while size < _COALESCE_BYTES:
-                        try:
-                            more = self._receive.receive_nowait()
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                        parts.append(more)
-                        size += len(more)
-                    await self._stream.send(data if len(parts) == 1 else b"".join(parts))
+            await send_frames(self._receive, self._stream)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             # The peer is gone, so no answer can reach it: stop computing them.
             self._scope.cancel()
