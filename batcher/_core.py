@@ -6,6 +6,7 @@ import asyncio
 import enum
 import logging
 import math
+import operator
 import statistics
 import time
 from collections import Counter
@@ -125,7 +126,9 @@ class Batcher:
             lambda: self._chunk_hook,
         )
         self._room = QueueRoom(size, self._make_signal) if size is not None else None
-        self._scheduler_scope = anyio.CancelScope()
+        # Shielded: a cancellation of the code around `async with` must not strand the
+        # queue; only aclose/__aexit__ stop the scheduler (by cancelling this scope).
+        self._scheduler_scope = anyio.CancelScope(shield=True)
         self._wakeup = self._make_signal()
         self._drained = anyio.Event()
         self._drain_done = anyio.Event()
@@ -153,15 +156,36 @@ class Batcher:
             # Shielded and finite: OpenVINO must be done with every request and the waiter
             # threads gone before we return, so nothing of ours runs after the block.
             with anyio.CancelScope(shield=True):
-                while self._flights:
-                    self._landed = anyio.Event()
-                    await self._landed.wait()
-                await anyio.to_thread.run_sync(self._waiters.stop)
+                native = await self._wait_for_flights_and_threads()
             assert self._task_group is not None
             # The block's own exception is not handed to the task group, which would wrap it
             # in an ExceptionGroup: it propagates unchanged once our tasks are done.
             await self._task_group.__aexit__(None, None, None)
             self._phase = _Phase.CLOSED
+            if native is not None:
+                raise native
+
+    async def _wait_for_flights_and_threads(self) -> BaseException | None:
+        """Wait until OpenVINO is done with every request and the waiters are joined.
+
+        Returns a native asyncio cancellation that arrived meanwhile, to be raised after:
+        anyio's shield does not stop ``Task.cancel()``, and leaving early would let a chunk
+        finish after the block and leak the waiter threads.
+        """
+        native: BaseException | None = None
+        while self._flights:
+            self._landed = anyio.Event()
+            try:
+                await self._landed.wait()
+            except asyncio.CancelledError as exc:
+                native = exc
+        while True:
+            try:
+                await anyio.to_thread.run_sync(self._waiters.stop)
+            except asyncio.CancelledError as exc:
+                native = exc
+            else:
+                return native
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Stop accepting samples, finish queued and running ones, then stop.
@@ -287,15 +311,10 @@ class Batcher:
         engine = self._engine
         assert engine is not None
         config = self._config
-        if priority and (
-            isinstance(priority, bool)
-            or not isinstance(priority, int)
-            or not 0 <= priority < config.priority_levels
-        ):
-            raise ValueError(
-                f"priority must be an integer in [0, {config.priority_levels - 1}] "
-                f"(config.priority_levels = {config.priority_levels}), got {priority!r}"
-            )
+        if priority.__class__ is not int:
+            priority = _as_priority(priority, config.priority_levels)
+        if not 0 <= priority < config.priority_levels:
+            raise ValueError(_priority_rule(priority, config.priority_levels))
         if timeout is None:
             timeout = config.default_timeout
         elif not timeout > 0:
@@ -514,6 +533,7 @@ class Batcher:
         except Exception as exc:
             logger.exception("batcher internal error while finishing a chunk")
             self._broken = exc
+            self._flights.add(flight)  # _land may have dropped it; its callers must hear too
             self._fail_unfinished(f"the batcher failed internally: {exc!r}")
             self._flights.discard(flight)
             if not self._flights:
@@ -546,12 +566,12 @@ class Batcher:
         for row, request in enumerate(members):
             if request.state is not State.RUNNING:
                 continue  # cancelled, or failed by a bounded close: nobody wants this row
-            self._inflight_samples -= 1
             result: Output = (
                 outputs[0][row]
                 if single
                 else {name: out[row] for name, out in zip(names, outputs, strict=True)}
             )
+            self._inflight_samples -= 1
             self._settle(request, result, None)
             self._completed += 1
 
@@ -596,6 +616,23 @@ def _loop_clock() -> Callable[[], float]:
     except RuntimeError:
         return anyio.current_time
     return loop.time
+
+
+def _as_priority(priority: object, levels: int) -> int:
+    """An integer priority from any integer-like value, or the rule it breaks."""
+    if isinstance(priority, bool):
+        raise ValueError(_priority_rule(priority, levels))
+    try:
+        return operator.index(priority)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(_priority_rule(priority, levels)) from None
+
+
+def _priority_rule(priority: object, levels: int) -> str:
+    return (
+        f"priority must be an integer in [0, {levels - 1}] "
+        f"(config.priority_levels = {levels}), got {priority!r}"
+    )
 
 
 def _deadline_error(request: Request, now: float) -> DeadlineExceeded:

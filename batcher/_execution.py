@@ -67,9 +67,12 @@ class Slot:
     def read_outputs(self, rows: int, n_outputs: int) -> Outputs:
         """Copies of the real rows of every output: the request's buffers get reused."""
         self._held = []
-        return tuple(
-            np.array(self.request.get_output_tensor(i).data[:rows]) for i in range(n_outputs)
-        )
+        outputs = [self.request.get_output_tensor(i).data for i in range(n_outputs)]
+        if any(out.ndim == 0 or out.shape[0] < rows for out in outputs):
+            # Fails this chunk alone, in the waiter thread, instead of a caller getting a
+            # row that is not its own (say, a dynamic-batch model summing over the batch).
+            raise RuntimeError(f"an output has fewer rows than the chunk's {rows} samples")
+        return tuple(np.array(out[:rows]) for out in outputs)
 
 
 class Flight:

@@ -156,7 +156,8 @@ def compile_for_batch(
     for i, port in enumerate(copy.outputs):
         shape = port.get_partial_shape()
         leading = shape[0] if shape.rank.is_static and shape.rank.get_length() > 0 else None
-        if leading is None or (batch > 0 and leading != ov.Dimension(batch)):
+        expected = ov.Dimension(batch) if batch > 0 else ov.Dimension()
+        if leading is None or leading != expected:
             raise ValueError(
                 f"output {i} has shape {shape} after setting the batch to {batch}: every "
                 "output must carry the batch axis first"

@@ -215,6 +215,18 @@ async def test_multi_input_errors_name_the_inputs() -> None:
             await b.submit({"a": np.zeros(8, np.float32), "b": np.zeros(4, np.float32)})
 
 
+async def test_dynamic_mode_rejects_outputs_without_the_batch_axis() -> None:
+    import openvino.opset13 as ops
+
+    x = ops.parameter([-1, 4], np.float32, name="x")
+    total = ops.reduce_sum(x, ops.constant(np.array([0], np.int64)), keep_dims=True)
+    model = ov.Model([ops.result(total)], [x])
+    config = BatcherConfig(batch_sizes="dynamic")
+    with pytest.raises(ValueError, match="every output must carry the batch axis first"):
+        async with Batcher(model, config):
+            pass
+
+
 async def test_model_with_dynamic_feature_axis_is_rejected_with_the_reason() -> None:
     import openvino.opset13 as ops
 

@@ -179,3 +179,48 @@ async def test_max_delay_holds_a_partial_chunk_only_while_the_device_is_busy() -
             await caller.done.wait()  # eight pending fill the largest size: no more waiting
         gate.open_all()
     assert [c.size for c in gate.seen] == [1, 8]
+
+
+async def test_bad_priority_values_take_no_queue_room() -> None:
+    config = one_slot(max_queue_size=1, priority_levels=2)
+    async with Batcher(models.mlp(SMALL_MLP), config) as b:
+        for bad in (None, 0.0, "1", True):
+            with pytest.raises(ValueError, match="priority must be an integer"):
+                await b.submit(np.zeros(16, np.float32), priority=bad)  # type: ignore[arg-type]
+        # Integer-like values are fine, and the one queue place is still free.
+        await b.submit(np.zeros(16, np.float32), priority=np.int64(1))  # type: ignore[arg-type]
+        await b.submit_nowait(np.zeros(16, np.float32))
+
+
+async def test_cancelling_the_code_around_the_batcher_still_serves_its_queue() -> None:
+    gate = ChunkGate()
+    samples = rng_samples((16,), 3)
+    expected = batch1_reference(models.mlp(SMALL_MLP), samples)
+    config = one_slot(drain_timeout=None)
+    host_scope = anyio.CancelScope()
+    opened = anyio.Event()
+    batcher = Batcher(models.mlp(SMALL_MLP), config)
+
+    async def host() -> None:
+        with host_scope:
+            async with batcher:
+                batcher._chunk_hook = gate
+                opened.set()
+                await anyio.sleep_forever()
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(host)
+            await opened.wait()
+            callers = [Caller(batcher, s) for s in samples]
+            tg.start_soon(callers[0].run)
+            await settle()
+            for caller in callers[1:]:
+                tg.start_soon(caller.run)
+            await settle()
+            host_scope.cancel()  # the block is left by cancellation: it must still drain
+            await settle()
+            gate.open_all()
+    for caller, wanted in zip(callers, expected, strict=True):
+        assert caller.error is None
+        assert_close(caller.result, wanted)
