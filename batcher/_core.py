@@ -82,6 +82,8 @@ class Batcher:
         self._wakeup: Signal
         self._drained: anyio.Event
         self._drain_done: anyio.Event
+        self._landed: anyio.Event
+        self._waiters: Waiters
         self._flights: set[Flight] = set()
         self._free_slots = 0
         self._broken: BaseException | None = None
@@ -89,7 +91,7 @@ class Batcher:
         self._live_costs: LiveCosts | None = None
         self._plan_costs: Mapping[int, float] = {}
         self._chunks_since_drift_check = 0
-        # Tests inject faults or hold chunks through this; it runs in the worker thread.
+        # Tests inject faults or hold chunks through this; it runs in a waiter thread.
         self._chunk_hook: ChunkHook | None = None
         # Arrival times matter only to max_delay; otherwise the hot path skips the clock.
         self._clock_needed = self._config.max_delay > 0
@@ -643,11 +645,13 @@ def _deadline_error(request: Request, now: float) -> DeadlineExceeded:
 
 
 async def _with_measured_overhead(engine: Engine) -> CostTable:
-    """The profiled table plus the host cost of one chunk through the real async path.
+    """The profiled table plus an estimate of the host cost of one chunk.
 
     Profiling times ``infer()`` alone; a chunk served by the batcher also pays for starting
-    the request and handing the wait to a worker thread, which is what makes many tiny
-    chunks slower than their device time suggests.
+    the request, a hand-off to a thread that waits for it and the way back to the loop,
+    which is what makes many tiny chunks slower than their device time suggests. This times
+    that round trip through anyio's worker threads, a little dearer than the batcher's own
+    waiters, which stands in for the loop's per-chunk bookkeeping it does not time.
     """
     size = engine.sizes[0]
     slot = engine.pools[size][0]

@@ -1,8 +1,8 @@
 """OpenVINO side: compiled models per batch size, their infer requests, profiling.
 
-Everything here either runs on the event loop and only copies memory (``fill``,
-``start_async``), or runs in a worker thread (``collect``, ``load_engine``); nothing here
-awaits, so the scheduler decides what runs where.
+Everything here either runs on the event loop and only copies memory (``Slot.fill``,
+``start_async``), or runs in a thread of its own (``Waiters``, ``load_engine``); nothing
+here awaits, so the scheduler decides what runs where.
 """
 
 from __future__ import annotations
