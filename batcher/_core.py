@@ -26,7 +26,7 @@ from ._execution import ChunkHook, Engine, Flight, Outputs, Waiters, load_engine
 from ._model import ModelSource, ModelSpec
 from ._planner import Chunk, plan
 from ._queue import PendingQueue, Request, State
-from ._signals import QueueRoom, Signal, signal_factory, threadsafe_call_soon
+from ._signals import QueueRoom, Signal, loop_clock, signal_factory, threadsafe_call_soon
 from ._stats import BatcherStatistics
 
 __all__ = ["Batcher", "Output"]
@@ -119,7 +119,7 @@ class Batcher:
         self._free_slots = engine.slots
         size = config.max_queue_size
         self._make_signal = signal_factory()
-        self._clock = _loop_clock()
+        self._clock = loop_clock()
         self._waiters = Waiters(
             engine.slots,
             len(engine.spec.outputs),
@@ -609,15 +609,6 @@ class Batcher:
             if live.drifted:
                 self._plan_costs = live.mark_planned()
                 self._plans.clear()
-
-
-def _loop_clock() -> Callable[[], float]:
-    """The running loop's clock: the one anyio deadlines (``move_on_at``) are measured on."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return anyio.current_time
-    return loop.time
 
 
 def _as_priority(priority: object, levels: int) -> int:

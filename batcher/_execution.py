@@ -164,10 +164,14 @@ class Engine:
     def acquire(self, size: int) -> Slot:
         # The scheduler never runs more chunks than ``slots`` and each pool holds ``slots``
         # requests, so a pool is never empty here.
-        return self.pools[size if size in self.pools else 0].pop()
+        return self._pool(size).pop()
 
     def release(self, size: int, slot: Slot) -> None:
-        self.pools[size if size in self.pools else 0].append(slot)
+        self._pool(size).append(slot)
+
+    def _pool(self, size: int) -> list[Slot]:
+        # Dynamic mode has one model, pooled under 0, for every chunk size.
+        return self.pools[0] if 0 in self.pools else self.pools[size]
 
 
 def _properties(config: BatcherConfig) -> Mapping[str, str]:

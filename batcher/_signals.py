@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-__all__ = ["QueueRoom", "Signal", "signal_factory", "threadsafe_call_soon"]
+__all__ = ["QueueRoom", "Signal", "loop_clock", "signal_factory", "threadsafe_call_soon"]
 
 
 class Signal(Protocol):
@@ -48,13 +48,19 @@ class _FutureSignal:
         return self._future
 
 
-def signal_factory() -> Callable[[], Signal]:
-    """A maker of signals for the event loop running in this thread."""
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The asyncio loop running this task, or None when anyio runs on trio."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        loop = None
-    if loop is not None and asyncio.current_task() is not None:
+        return None
+    return loop if asyncio.current_task() is not None else None
+
+
+def signal_factory() -> Callable[[], Signal]:
+    """A maker of signals for the event loop running in this thread."""
+    loop = _asyncio_loop()
+    if loop is not None:
         return lambda: _FutureSignal(loop)
     import trio  # anyio runs on asyncio or trio; this is trio
 
@@ -67,15 +73,22 @@ def threadsafe_call_soon() -> Callable[..., object]:
     It never blocks the calling thread (unlike ``anyio.from_thread.run_sync``, which waits
     for the result): OpenVINO-side threads hand results over and move on.
     """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is not None and asyncio.current_task() is not None:
+    loop = _asyncio_loop()
+    if loop is not None:
         return loop.call_soon_threadsafe
     import trio
 
     return trio.lowlevel.current_trio_token().run_sync_soon
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running loop's clock: the one anyio deadlines (``move_on_at``) are measured on."""
+    loop = _asyncio_loop()
+    if loop is not None:
+        return loop.time
+    import trio
+
+    return trio.current_time
 
 
 class QueueRoom:

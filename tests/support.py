@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import anyio.abc
 import numpy as np
 import numpy.typing as npt
 import openvino as ov
@@ -116,3 +117,16 @@ async def settle() -> None:
 def rng_samples(shape: tuple[int, ...], count: int, seed: int = 0) -> list[Array]:
     rng = np.random.default_rng(seed)
     return [rng.standard_normal(shape).astype(np.float32) for _ in range(count)]
+
+
+async def start_behind_one(tg: anyio.abc.TaskGroup, callers: list[Caller]) -> None:
+    """Start the first caller alone (its chunk runs, held by a gate), then queue the rest.
+
+    Settling in between makes the grouping deterministic on both backends: trio starts
+    tasks in random order, so starting them all at once could batch them differently.
+    """
+    tg.start_soon(callers[0].run)
+    await settle()
+    for caller in callers[1:]:
+        tg.start_soon(caller.run)
+    await settle()

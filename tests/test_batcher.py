@@ -15,6 +15,7 @@ from support import (
     batch1_reference,
     rng_samples,
     settle,
+    start_behind_one,
 )
 
 from batcher import (
@@ -248,11 +249,7 @@ async def test_caller_cancelled_while_queued_is_dropped_and_never_computed() -> 
     async with Batcher(models.mlp(SMALL_MLP), config) as b, anyio.create_task_group() as tg:
         b._chunk_hook = gate
         callers = [Caller(b, s) for s in samples]
-        tg.start_soon(callers[0].run)
-        await settle()
-        for caller in callers[1:]:
-            tg.start_soon(caller.run)
-        await settle()
+        await start_behind_one(tg, callers)
         callers[2].scope.cancel()
         await callers[2].done.wait()
         stats = b.statistics()
@@ -330,11 +327,7 @@ async def test_failed_chunk_fails_only_its_own_callers_each_with_its_own_error(
         async with anyio.create_task_group() as tg:
             b._chunk_hook = gate
             callers = [Caller(b, s) for s in samples]
-            tg.start_soon(callers[0].run)
-            await settle()
-            for caller in callers[1:]:
-                tg.start_soon(caller.run)
-            await settle()
+            await start_behind_one(tg, callers)
             gate.open_all()  # five queued samples run as 4 (fails) + 1
         failed = [c for c in callers if c.error is not None]
         assert len(failed) == 4
@@ -389,11 +382,7 @@ async def test_exit_drains_queued_and_running_samples() -> None:
         async with Batcher(models.mlp(SMALL_MLP), config) as b:
             b._chunk_hook = gate
             callers = [Caller(b, s) for s in samples]
-            tg.start_soon(callers[0].run)
-            await settle()
-            for caller in callers[1:]:
-                tg.start_soon(caller.run)
-            await settle()
+            await start_behind_one(tg, callers)
             assert b.statistics().queue_depth == 4
             gate.open_all()
         # Leaving the block waited for every queued sample.

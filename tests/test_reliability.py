@@ -5,7 +5,15 @@ from __future__ import annotations
 import anyio
 import numpy as np
 import pytest
-from support import Caller, ChunkGate, assert_close, batch1_reference, rng_samples, settle
+from support import (
+    Caller,
+    ChunkGate,
+    assert_close,
+    batch1_reference,
+    rng_samples,
+    settle,
+    start_behind_one,
+)
 
 from batcher import Batcher, BatcherConfig, DeadlineExceeded, QueueFull, models
 
@@ -213,11 +221,7 @@ async def test_cancelling_the_code_around_the_batcher_still_serves_its_queue() -
             tg.start_soon(host)
             await opened.wait()
             callers = [Caller(batcher, s) for s in samples]
-            tg.start_soon(callers[0].run)
-            await settle()
-            for caller in callers[1:]:
-                tg.start_soon(caller.run)
-            await settle()
+            await start_behind_one(tg, callers)
             host_scope.cancel()  # the block is left by cancellation: it must still drain
             await settle()
             gate.open_all()
