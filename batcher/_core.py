@@ -10,7 +10,7 @@ import operator
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -39,7 +39,7 @@ Output = npt.NDArray[Any] | dict[str, npt.NDArray[Any]]
 # Chunk timings move the cost table a little each time; re-deriving plans on every move would
 # cost more than it saves, so drift is checked once per this many finished chunks.
 _DRIFT_CHECK_EVERY = 64
-_OVERHEAD_RUNS = 15
+_OVERHEAD_RUNS = 31
 _MIN_OVERHEAD = 20e-6
 
 
@@ -89,7 +89,7 @@ class Batcher:
         self._broken: BaseException | None = None
         self._plans: dict[tuple[int, int], tuple[Chunk, ...]] = {}
         self._live_costs: LiveCosts | None = None
-        self._plan_costs: Mapping[int, float] = {}
+        self._plan_costs = CostTable({1: 1.0})
         self._chunks_since_drift_check = 0
         # Tests inject faults or hold chunks through this; it runs in a waiter thread.
         self._chunk_hook: ChunkHook | None = None
@@ -136,7 +136,7 @@ class Batcher:
         self._drain_done = anyio.Event()
         self._landed = anyio.Event()
         self._live_costs = LiveCosts(engine.costs, config.cost_smoothing)
-        self._plan_costs = self._live_costs.mark_planned()
+        self._plan_with(self._live_costs.mark_planned())
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -452,20 +452,31 @@ class Batcher:
             await self._wakeup.wait()
         return True
 
+    def _plan_with(self, table: CostTable) -> None:
+        self._plan_costs = table
+        self._plans.clear()
+
     def _plan(self, n: int, free: int) -> tuple[Chunk, ...]:
         """Chunks for ``n`` samples, largest first, memoised per (n, free slots).
 
-        The cost model counts only the slots free now: chunks planned for slots that are
-        still busy would run one after another on the free ones.
+        The cost model counts only the slots free now. Counting on busy slots that free up
+        soon would split the pending samples across them, and those put back wait for the
+        next free slot behind later arrivals: measured, that raised p99 latency at
+        moderate load without raising throughput.
         """
         key = (n, free)
         cached = self._plans.get(key)
         if cached is None:
             engine = self._engine
             assert engine is not None
-            strategy = "decompose" if self._config.dynamic else self._config.strategy
-            slots = engine.costs.effective_slots(free)
-            chunks = plan(n, engine.sizes, strategy, self._plan_costs, slots, engine.costs.overhead)
+            if self._plans_by_cost:
+                table = self._plan_costs
+                chunks = plan(
+                    n, engine.sizes, "auto", table.seconds, free, table.overhead, table.shared
+                )
+            else:
+                strategy = "decompose" if self._config.dynamic else self._config.strategy
+                chunks = plan(n, engine.sizes, strategy)
             cached = self._plans[key] = tuple(sorted(chunks, reverse=True))
         return cached
 
@@ -512,6 +523,8 @@ class Batcher:
         flight = Flight(chunk, members, slot)
         busy = bool(self._flights) or self._queue.depth > 0
         self._free_slots -= 1
+        for other in self._flights:
+            other.shared = flight.shared = True
         self._flights.add(flight)
         try:
             slot.fill(chunk, members, len(engine.spec.inputs), self._config.pad_value)
@@ -554,7 +567,7 @@ class Batcher:
         if flight.error is not None:
             self._chunk_failed(chunk, flight.members, flight.error)
         else:
-            self._observe(chunk, flight.device_seconds)
+            self._observe(flight)
             self._deliver(chunk, flight.members, flight.outputs)
         self._wakeup.set()
         self._note_progress()
@@ -598,17 +611,18 @@ class Batcher:
             self._settle(request, None, error)
             self._failed += 1
 
-    def _observe(self, chunk: Chunk, seconds: float) -> None:
+    def _observe(self, flight: Flight) -> None:
         live = self._live_costs
         if live is None or not self._plans_by_cost:
             return
-        live.observe(chunk.size, seconds)
+        device = flight.device_seconds
+        host = time.perf_counter() - flight.launched - device
+        live.observe(flight.chunk.size, device, flight.shared, host)
         self._chunks_since_drift_check += 1
         if self._chunks_since_drift_check >= _DRIFT_CHECK_EVERY:
             self._chunks_since_drift_check = 0
             if live.drifted:
-                self._plan_costs = live.mark_planned()
-                self._plans.clear()
+                self._plan_with(live.mark_planned())
 
 
 def _as_priority(priority: object, levels: int) -> int:
@@ -642,21 +656,26 @@ async def _with_measured_overhead(engine: Engine) -> CostTable:
     the request, a hand-off to a thread that waits for it and the way back to the loop,
     which is what makes many tiny chunks slower than their device time suggests. This times
     that round trip through anyio's worker threads, a little dearer than the batcher's own
-    waiters, which stands in for the loop's per-chunk bookkeeping it does not time.
+    waiters, which stands in for the loop's per-chunk bookkeeping it does not time. Each
+    round trip is paired with a plain ``infer()`` right before it, and the figure is the
+    median difference, so a change in the machine's speed during the measurement cancels.
     """
     size = engine.sizes[0]
-    slot = engine.pools[size][0]
-    slot.zero_inputs()
-    walls = []
+    request = engine.pools[size][0].request
+    engine.pools[size][0].zero_inputs()
+    await anyio.to_thread.run_sync(request.infer)  # starts anyio's worker thread
+    extra = []
     for _ in range(_OVERHEAD_RUNS):
         started = time.perf_counter()
-        slot.request.start_async()
-        await anyio.to_thread.run_sync(slot.request.wait)
-        walls.append(time.perf_counter() - started)
-    overhead = max(statistics.median(walls) - engine.costs.seconds[size], _MIN_OVERHEAD)
+        request.infer()
+        middle = time.perf_counter()
+        request.start_async()
+        await anyio.to_thread.run_sync(request.wait)
+        extra.append((time.perf_counter() - middle) - (middle - started))
+    overhead = max(statistics.median(extra), _MIN_OVERHEAD)
     return CostTable(
         engine.costs.seconds,
         source=engine.costs.source,
         overhead=overhead,
-        parallelism=engine.costs.parallelism,
+        shared_seconds=engine.costs.shared_seconds,
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 from types import MappingProxyType
 
@@ -15,6 +16,7 @@ __all__ = ["CostTable", "LiveCosts"]
 class CostTable:
     """Median seconds per inference for each batch size, and where the figures came from."""
 
+    #: Seconds one inference of each size takes with the device otherwise idle.
     seconds: Mapping[int, float]
     #: ``"profiled"`` (measured at start-up), ``"file"`` (loaded), ``"live"`` (moving
     #: average of real chunk timings) or ``"assumed"`` (no measurement: cost grows with size).
@@ -22,38 +24,49 @@ class CostTable:
     #: Host seconds each chunk costs besides the inference (filling, handing to a worker
     #: thread, delivering): what makes many tiny chunks slower than their device time says.
     overhead: float = 0.0
-    #: How many chunks the device really runs side by side (measured: the speed-up of all
-    #: slots busy over one); 0 means unknown, and the planner trusts the slot count.
-    parallelism: float = 0.0
+    #: Seconds one inference of each size holds its slot while every slot is busy with the
+    #: same size: what a chunk really costs under load, where slots share cores and memory
+    #: bandwidth. Empty means unmeasured, taken as ``seconds`` (slots that never contend).
+    shared_seconds: Mapping[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.overhead >= 0:
             raise ValueError(f"cost table overhead must be >= 0 seconds, got {self.overhead}")
-        table = {int(size): float(sec) for size, sec in self.seconds.items()}
-        for size, sec in table.items():
-            if size < 1 or not sec > 0:
-                raise ValueError(
-                    f"cost table entries must map a positive size to positive seconds, "
-                    f"got {size}: {sec}"
-                )
-        object.__setattr__(self, "seconds", MappingProxyType(dict(sorted(table.items()))))
+        object.__setattr__(self, "seconds", _checked("", self.seconds))
+        shared = _checked("shared ", self.shared_seconds)
+        if shared and set(shared) != set(self.seconds):
+            raise ValueError(
+                f"cost table shared entries must cover the same sizes as its seconds, got "
+                f"{sorted(shared)} and {sorted(self.seconds)}"
+            )
+        object.__setattr__(self, "shared_seconds", shared)
 
     @classmethod
     def assumed(cls, sizes: tuple[int, ...]) -> CostTable:
         """A stand-in before any measurement: a fixed overhead plus a cost per row."""
         return cls({s: 1.0 + s for s in sizes}, source="assumed")
 
-    def effective_slots(self, free: int) -> float:
-        """Slots the planner should count when ``free`` are free."""
-        return min(float(free), self.parallelism) if self.parallelism > 0 else float(free)
+    @property
+    def shared(self) -> Mapping[int, float]:
+        """``shared_seconds`` where measured, else ``seconds``."""
+        return self.shared_seconds or self.seconds
+
+    def scaled(self, factor: float, source: str) -> CostTable:
+        """Every figure times ``factor``: the device as a whole got faster or slower."""
+        return CostTable(
+            {size: sec * factor for size, sec in self.seconds.items()},
+            source=source,
+            overhead=self.overhead,
+            shared_seconds={size: sec * factor for size, sec in self.shared_seconds.items()},
+        )
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "source": self.source,
                 "overhead": self.overhead,
-                "parallelism": self.parallelism,
                 "seconds": {str(k): v for k, v in self.seconds.items()},
+                "shared_seconds": {str(k): v for k, v in self.shared_seconds.items()},
             },
             indent=2,
         )
@@ -65,7 +78,7 @@ class CostTable:
             {int(k): float(v) for k, v in data["seconds"].items()},
             source="file",
             overhead=float(data.get("overhead", 0.0)),
-            parallelism=float(data.get("parallelism", 0.0)),
+            shared_seconds={int(k): float(v) for k, v in data.get("shared_seconds", {}).items()},
         )
 
     def save(self, path: str | PathLike[str]) -> None:
@@ -78,60 +91,86 @@ class CostTable:
             return cls.from_json(file.read())
 
 
+def _checked(kind: str, seconds: Mapping[int, float]) -> Mapping[int, float]:
+    table = {int(size): float(sec) for size, sec in seconds.items()}
+    for size, sec in table.items():
+        if size < 1 or not sec > 0:
+            raise ValueError(
+                f"cost table {kind}entries must map a positive size to positive seconds, "
+                f"got {size}: {sec}"
+            )
+    return MappingProxyType(dict(sorted(table.items())))
+
+
 class LiveCosts:
-    """A cost table that follows the device's real speed.
+    """A cost table that follows the device's real speed and the host's real overhead.
 
     Live chunk timings move one shared speed factor (an exponential moving average of
     measured / tabled seconds), not each size on its own: sizes in use would otherwise get
     slower under load while rarely used ones kept their quiet-machine figures and looked
-    cheap, and the plan would chase them. ``drifted`` tells the planner when its memoised
-    plans were built on a factor that moved by more than ``tolerance``.
+    cheap, and the plan would chase them. A chunk that ran beside others is compared with
+    the shared figure, a lone one with the idle figure, so contention the table already
+    knows about does not count as a slower device.
+
+    The overhead per chunk follows the host time each chunk really adds (its round trip
+    minus its device time). It grows with the event loop's load, when the loop also serves
+    other chunks' callers, so a busy batcher plans fewer, fuller chunks. ``drifted`` tells
+    the planner when its memoised plans were built on figures that moved by more than
+    ``tolerance``.
     """
 
     __slots__ = (
         "_base",
         "_planned",
+        "_planned_overhead",
         "factor",
         "overhead",
-        "parallelism",
         "smoothing",
         "source",
         "tolerance",
     )
 
     def __init__(self, table: CostTable, smoothing: float, tolerance: float = 0.1) -> None:
-        self._base = dict(table.seconds)
-        self.overhead = table.overhead
-        self.parallelism = table.parallelism
+        self._base = table
         self.smoothing = smoothing
         self.tolerance = tolerance
         self.source = table.source
         self.factor = 1.0
+        self.overhead = table.overhead
         self._planned = 1.0
+        self._planned_overhead = table.overhead
 
-    def observe(self, size: int, seconds: float) -> None:
-        """Fold in one chunk's device seconds."""
-        base = self._base.get(size)
+    def observe(
+        self, size: int, seconds: float, shared: bool = False, host: float | None = None
+    ) -> None:
+        """Fold in one chunk's device seconds and, if given, the host seconds it added.
+
+        ``shared``: other chunks ran beside it.
+        """
+        base = (self._base.shared if shared else self._base.seconds).get(size)
         if self.smoothing <= 0 or seconds <= 0 or base is None:
             return
         self.factor += self.smoothing * (seconds / base - self.factor)
+        if host is not None:
+            self.overhead += self.smoothing * (max(host, 0.0) - self.overhead)
         self.source = "live"
 
     @property
     def drifted(self) -> bool:
-        return abs(self.factor - self._planned) > self.tolerance * self._planned
+        tolerance = self.tolerance
+        # Overhead drift counts against the cheapest chunk: that is the scale it competes at.
+        scale = self._planned_overhead + min(self._base.seconds.values()) * self._planned
+        return (
+            abs(self.factor - self._planned) > tolerance * self._planned
+            or abs(self.overhead - self._planned_overhead) > tolerance * scale
+        )
 
-    def mark_planned(self) -> dict[int, float]:
+    def mark_planned(self) -> CostTable:
+        """The table to plan with now; ``drifted`` measures from this moment."""
         self._planned = self.factor
-        return self.current()
-
-    def current(self) -> dict[int, float]:
-        return {size: base * self.factor for size, base in self._base.items()}
+        self._planned_overhead = self.overhead
+        return self.snapshot()
 
     def snapshot(self) -> CostTable:
-        return CostTable(
-            self.current(),
-            source=self.source,
-            overhead=self.overhead,
-            parallelism=self.parallelism,
-        )
+        table = self._base.scaled(self.factor, self.source)
+        return dataclasses.replace(table, overhead=self.overhead)

@@ -78,7 +78,17 @@ class Slot:
 class Flight:
     """One chunk between ``start_async`` and its outcome coming back to the event loop."""
 
-    __slots__ = ("chunk", "device_seconds", "error", "members", "outputs", "slot", "started")
+    __slots__ = (
+        "chunk",
+        "device_seconds",
+        "error",
+        "launched",
+        "members",
+        "outputs",
+        "shared",
+        "slot",
+        "started",
+    )
 
     def __init__(self, chunk: Chunk, members: list[Request], slot: Slot) -> None:
         self.chunk = chunk
@@ -89,6 +99,12 @@ class Flight:
         self.outputs: Outputs = ()
         self.error: Exception | None = None
         self.device_seconds = 0.0
+        #: ``perf_counter`` when the scheduler launched it: with ``device_seconds``, what the
+        #: round trip through the host cost on top of the inference.
+        self.launched = time.perf_counter()
+        #: Another chunk was running when this one started or landed (its timing is a
+        #: shared one, see :class:`~batcher._costs.CostTable`).
+        self.shared = False
 
 
 class Waiters:
@@ -258,52 +274,71 @@ def _initial_costs(
     return profile(pools, sizes, config.profile_budget)
 
 
+#: Passes over all sizes when profiling: a burst of load from elsewhere on the machine then
+#: spoils one pass of every size instead of every figure of one size, and medians drop it.
+_PROFILE_PASSES = 5
+
+
 def profile(pools: dict[int, list[Slot]], sizes: tuple[int, ...], budget: float) -> CostTable:
-    """Median seconds of one inference per size, spending about ``budget`` seconds in all."""
-    per_size = budget / len(sizes)
-    table = {}
+    """Seconds per inference of each size, idle and shared, spending about ``budget`` in all.
+
+    Idle: one request at a time. Shared: every slot of the size kept busy, each restarted as
+    soon as it finishes, as under load; the figure is how long each chunk holds its slot.
+    The two differ most for small, overhead-bound chunks, whose slots contend for the same
+    cores, and sizes differ in how well they share. Sizes are measured in interleaved passes
+    and each figure is the median of its passes.
+    """
     for size in sizes:
-        slot = pools[size][0]
-        slot.zero_inputs()
-        request = slot.request
-        request.infer()  # warm-up: first run pays one-off allocation
-        times: list[float] = []
-        spent = 0.0
-        while len(times) < 3 or (spent < per_size and len(times) < 200):
-            started = time.perf_counter()
-            request.infer()
-            elapsed = time.perf_counter() - started
-            times.append(elapsed)
-            spent += elapsed
-        table[size] = statistics.median(times)
+        for slot in pools[size]:
+            slot.zero_inputs()
+            slot.request.infer()  # warm-up: the first run pays one-off allocation
+    per_run = budget / len(sizes) / _PROFILE_PASSES / 2
+    idle_runs: dict[int, list[float]] = {size: [] for size in sizes}
+    shared_runs: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(_PROFILE_PASSES):
+        for size in sizes:
+            idle_runs[size].append(_idle_seconds(pools[size][0], per_run))
+            shared_runs[size].append(_shared_seconds(pools[size], per_run))
+    idle = {size: statistics.median(runs) for size, runs in idle_runs.items()}
+    shared = {size: statistics.median(runs) for size, runs in shared_runs.items()}
     # More rows never cost less: a measured inversion (seen: 2 rows 0.28 ms < 1 row 0.30 ms
     # on the MLP) is noise, and trusting it makes "auto" pad every lone sample to 2 rows.
-    # Live timings only scale the whole table, so they cannot undo a wrong shape.
-    highest = 0.0
-    for size in sorted(table):
-        highest = table[size] = max(table[size], highest)
-    return CostTable(table, source="profiled", parallelism=_parallelism(pools, sizes[-1], table))
+    # Nor does company make a chunk faster. Live timings only scale the whole table, so
+    # they cannot undo a wrong shape.
+    top_idle = top_shared = 0.0
+    for size in sorted(sizes):
+        top_idle = idle[size] = max(idle[size], top_idle)
+        top_shared = shared[size] = max(shared[size], idle[size], top_shared)
+    return CostTable(idle, source="profiled", shared_seconds=shared)
 
 
-def _parallelism(pools: dict[int, list[Slot]], size: int, table: dict[int, float]) -> float:
-    """The speed-up of every slot busy at once over one, on the largest size.
-
-    On a small machine the slots share cores with the event loop and with each other, so
-    two chunks side by side can take well over the time of one: the planner must not count
-    on parallelism the device does not deliver.
-    """
-    pool = pools[size]
-    if len(pool) < 2:
-        return 1.0
-    for slot in pool:
-        slot.zero_inputs()
-    rounds = []
-    for _ in range(5):
+def _idle_seconds(slot: Slot, budget: float) -> float:
+    """Median seconds of back-to-back ``infer()`` calls, at least three."""
+    request = slot.request
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < 3 or (spent < budget and len(times) < 100):
         started = time.perf_counter()
-        for slot in pool:
-            slot.request.start_async()
-        for slot in pool:
-            slot.request.wait()
-        rounds.append(time.perf_counter() - started)
-    speedup = len(pool) * table[size] / statistics.median(rounds)
-    return min(max(speedup, 1.0), float(len(pool)))
+        request.infer()
+        elapsed = time.perf_counter() - started
+        times.append(elapsed)
+        spent += elapsed
+    return statistics.median(times)
+
+
+def _shared_seconds(pool: list[Slot], budget: float) -> float:
+    """Seconds each chunk holds its slot with every slot of ``pool`` kept busy."""
+    requests = [slot.request for slot in pool]
+    started = time.perf_counter()
+    for request in requests:
+        request.start_async()
+    finished = 0
+    while finished < 3 * len(requests) or time.perf_counter() - started < budget:
+        for request in requests:
+            request.wait()
+            finished += 1
+            request.start_async()
+    for request in requests:
+        request.wait()
+    finished += len(requests)
+    return len(requests) * (time.perf_counter() - started) / finished

@@ -12,7 +12,19 @@ import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Chunk", "estimated_time", "plan", "plan_chunks", "plan_cost_based", "plan_padded"]
+__all__ = [
+    "DEFAULT_MARGIN",
+    "Chunk",
+    "estimated_time",
+    "plan",
+    "plan_chunks",
+    "plan_cost_based",
+    "plan_padded",
+]
+
+#: How much faster (a fraction) ``auto`` must estimate a mixed plan to prefer it over the
+#: better of the fixed strategies' plans: about the spread of a profiled cost table.
+DEFAULT_MARGIN = 0.1
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -111,32 +123,31 @@ def plan_padded(n: int, batch_sizes: Iterable[int]) -> tuple[Chunk, ...]:
 
 
 def estimated_time(
-    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: float, overhead: float = 0.0
+    chunks: Sequence[Chunk],
+    costs: Mapping[int, float],
+    slots: int,
+    overhead: float = 0.0,
+    shared: Mapping[int, float] | None = None,
 ) -> float:
-    """Estimated seconds to finish ``chunks`` on ``slots`` parallel device slots.
+    """Estimated seconds to finish ``chunks`` on ``slots`` free device slots.
 
-    The device runs up to ``slots`` chunks side by side; the host (one event loop) spends
-    ``overhead`` seconds on each chunk, one after another. So the work takes at least the
-    longest chunk plus its overhead, and at least the device-seconds shared over the slots
-    plus every chunk's overhead; the estimate is the larger bound.
+    ``costs`` are each size's seconds on an otherwise idle device; ``shared`` (default:
+    ``costs``) are the seconds a chunk holds its slot while other slots are busy, which on
+    a real device is longer: slots share cores, caches and memory bandwidth. The host (one
+    event loop) spends ``overhead`` seconds on each chunk's round trip (filling, starting,
+    handing the result back), one after another. So the work takes at least the longest
+    chunk plus one overhead, and at least the shared seconds spread over the slots plus
+    every chunk's overhead; the estimate is the larger.
     """
     if not chunks:
         return 0.0
+    loaded = costs if shared is None else shared
     total = 0.0
     longest = 0.0
     for chunk in chunks:
-        cost = costs[chunk.size]
-        total += cost
-        longest = max(longest, cost)
-    return max(longest + overhead, total / max(slots, 1.0) + len(chunks) * overhead)
-
-
-def _plan_key(
-    chunks: Sequence[Chunk], costs: Mapping[int, float], slots: float, overhead: float
-) -> tuple[float, int, int]:
-    # Ties (within float noise) go to fewer padded rows, then to fewer chunks.
-    padding = sum(c.padding for c in chunks)
-    return (round(estimated_time(chunks, costs, slots, overhead), 12), padding, len(chunks))
+        total += loaded[chunk.size]
+        longest = max(longest, costs[chunk.size])
+    return max(longest + overhead, total / max(slots, 1) + len(chunks) * overhead)
 
 
 def _cheapest_cover(n: int, sizes: Sequence[int], costs: Mapping[int, float]) -> list[int]:
@@ -169,38 +180,72 @@ def _fill(sizes: Sequence[int], n: int) -> tuple[Chunk, ...]:
     return tuple(c for c in chunks if c.samples > 0)
 
 
+@functools.lru_cache(maxsize=4096)
+def _mixed_candidates(
+    n: int, sizes: tuple[int, ...], per_chunk: tuple[float, ...]
+) -> tuple[tuple[Chunk, ...], ...]:
+    """Plans mixing sizes: for each size cap, the cheapest covering of ``n`` rows by sizes up
+    to the cap (bounding the longest chunk trades total work for parallelism), and the
+    padded plan over those sizes (same-size chunks, fewer of them, may be as fast)."""
+    costs = dict(zip(sizes, per_chunk, strict=True))
+    plans = []
+    for cap in range(1, len(sizes) + 1):
+        plans.append(_fill(_cheapest_cover(n, sizes[:cap], costs), n))
+        plans.append(plan_padded(n, sizes[:cap]))
+    return tuple(plans)
+
+
 def plan_cost_based(
     n: int,
     batch_sizes: Iterable[int],
     costs: Mapping[int, float],
-    slots: float,
+    slots: int,
     overhead: float = 0.0,
+    shared: Mapping[int, float] | None = None,
+    margin: float = DEFAULT_MARGIN,
 ) -> tuple[Chunk, ...]:
-    """The plan with the least :func:`estimated_time`, mixing splitting and padding freely.
+    """A fast plan under :func:`estimated_time`, mixing splitting and padding freely.
 
-    Candidates: for each size cap, the cheapest covering of ``n`` rows by sizes up to the cap
-    (bounding the longest chunk trades total work for parallelism), plus the exact
-    fewest-chunks plan and the padded plan; the best under ``estimated_time`` wins, so this is
-    never worse than either fixed strategy under the same costs.
+    Candidates: the exact fewest-chunks plan, the padded plan and mixes of sizes (for each
+    size cap, the cheapest covering of ``n`` rows by sizes up to the cap, and the padded
+    plan over those sizes). Of those estimated no slower than the better fixed plan and
+    within ``margin`` (a fraction) of the fastest, the one with the fewest chunks wins, then
+    the fewest padded rows. So the result is never estimated worse than either fixed
+    strategy, and a measured table's noise (several percent between sizes on a busy
+    machine) cannot buy extra chunks, whose host cost is the least certain part of the
+    estimate, for a gain it cannot show.
     """
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin must be within [0, 1), got {margin!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if n == 0:
         return ()
     sizes = _sizes_key(batch_sizes)
-    missing = [s for s in sizes if s not in costs]
-    if missing:
-        raise ValueError(f"costs must give a time for every batch size, missing {missing}")
-    candidates: list[tuple[Chunk, ...]] = [plan_padded(n, sizes)]
+    for table, name in ((costs, "costs"), (shared, "shared costs")):
+        missing = [s for s in sizes if table is not None and s not in table]
+        if missing:
+            raise ValueError(f"{name} must give a time for every batch size, missing {missing}")
+    loaded = costs if shared is None else shared
+
+    def estimate(chunks: tuple[Chunk, ...]) -> float:
+        return estimated_time(chunks, costs, slots, overhead, shared)
+
+    fixed: list[tuple[Chunk, ...]] = [plan_padded(n, sizes)]
     # Without 1 among the sizes there may be no exact split; padding plans still cover n.
     with contextlib.suppress(ValueError):
-        candidates.append(tuple(Chunk(s, s) for s in plan_chunks(n, sizes)))
-    # The second bound of estimated_time, times the slots, is what the covering minimises.
-    with_overhead = {size: costs[size] + overhead * max(slots, 1.0) for size in sizes}
-    for cap in range(1, len(sizes) + 1):
-        chosen = _cheapest_cover(n, sizes[:cap], with_overhead)
-        candidates.append(_fill(chosen, n))
-    return min(candidates, key=lambda chunks: _plan_key(chunks, costs, slots, overhead))
+        fixed.append(tuple(Chunk(s, s) for s in plan_chunks(n, sizes)))
+    fixed_bound = min(estimate(chunks) for chunks in fixed)
+    # The second bound of estimated_time, times the slots, is what the coverings minimise.
+    per_chunk = tuple(loaded[size] + overhead * max(slots, 1) for size in sizes)
+    candidates = fixed + list(_mixed_candidates(n, sizes, per_chunk))
+    estimates = [estimate(chunks) for chunks in candidates]
+    fastest = min(estimates)
+    bound = min(fixed_bound, fastest / (1.0 - margin))
+    return min(
+        (chunks for chunks, t in zip(candidates, estimates, strict=True) if t <= bound),
+        key=lambda chunks: (len(chunks), sum(c.padding for c in chunks), estimate(chunks)),
+    )
 
 
 def plan(
@@ -208,13 +253,18 @@ def plan(
     batch_sizes: Iterable[int],
     strategy: str = "decompose",
     costs: Mapping[int, float] | None = None,
-    slots: float = 1,
+    slots: int = 1,
     overhead: float = 0.0,
+    shared: Mapping[int, float] | None = None,
+    margin: float = DEFAULT_MARGIN,
 ) -> tuple[Chunk, ...]:
     """Plan ``n`` samples with a named strategy: ``"decompose"``, ``"pad"`` or ``"auto"``.
 
-    ``"auto"`` needs ``costs`` (seconds per inference of each size), the number of parallel
-    device ``slots`` and the host ``overhead`` per chunk (see :func:`estimated_time`).
+    ``"auto"`` needs ``costs`` (seconds per inference of each size on an idle device), the
+    number of free device ``slots``, the host ``overhead`` per chunk and optionally the
+    ``shared`` seconds per inference while other slots are busy (see
+    :func:`estimated_time`) and the ``margin`` of noise it tolerates (see
+    :func:`plan_cost_based`).
     """
     if strategy == "decompose":
         return tuple(Chunk(s, s) for s in plan_chunks(n, batch_sizes))
@@ -223,5 +273,5 @@ def plan(
     if strategy == "auto":
         if costs is None:
             raise ValueError('strategy "auto" needs costs (seconds per inference of each size)')
-        return plan_cost_based(n, batch_sizes, costs, slots, overhead)
+        return plan_cost_based(n, batch_sizes, costs, slots, overhead, shared, margin)
     raise ValueError(f'strategy must be one of "decompose", "pad", "auto", got {strategy!r}')

@@ -36,6 +36,7 @@ class SizeProfile:
     size: int
     latency: float  # median seconds of one inference
     throughput: float  # samples/s with every stream busy
+    requests: int  # infer requests that kept every stream busy
     compile_seconds: float
     memory_bytes: int  # resident memory added by compiling this size
 
@@ -78,9 +79,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"- {reason}")
     out = Path(args.out)
     costs_path = out.with_suffix(".costs.json")
-    CostTable({p.size: p.latency for p in profiles if p.size in sizes}, source="file").save(
-        costs_path
-    )
+    chosen = [p for p in profiles if p.size in sizes]
+    CostTable(
+        {p.size: p.latency for p in chosen},
+        source="file",
+        # With every request busy, each chunk holds its request for requests x size / rate.
+        shared_seconds={p.size: max(p.latency, p.requests * p.size / p.throughput) for p in chosen},
+    ).save(costs_path)
     config = BatcherConfig(
         batch_sizes=sizes, strategy=strategy, device=args.device, cost_table_path=str(costs_path)
     )
@@ -125,7 +130,9 @@ def profile_size(
         done += 1
     queue.wait_all()
     throughput = done * size / (time.perf_counter() - started)
-    return SizeProfile(size, statistics.median(times), throughput, compile_seconds, memory)
+    return SizeProfile(
+        size, statistics.median(times), throughput, requests, compile_seconds, memory
+    )
 
 
 def recommend(

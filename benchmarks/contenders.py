@@ -299,6 +299,10 @@ class BatcherContender(Contender):
             "chunks_per_size": {str(k): v for k, v in sorted(stats.chunks_per_size.items())},
             "padded_rows": stats.padded_rows,
             "cost_table_ms": {str(k): v * 1e3 for k, v in table.seconds.items()} if table else {},
+            "shared_cost_table_ms": (
+                {str(k): v * 1e3 for k, v in table.shared.items()} if table else {}
+            ),
+            "overhead_ms": table.overhead * 1e3 if table else None,
             "cost_table_source": table.source if table else None,
             "failed": stats.failed,
         }

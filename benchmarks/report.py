@@ -180,7 +180,9 @@ def _model(name: str, model: dict[str, Any]) -> list[str]:
             "### auto vs the better of decompose and pad",
             "",
             "Throughput ratio = auto / max(decompose, pad); p99 ratio = auto / min(decompose, "
-            "pad).",
+            "pad). One run per point, so differences of 10-20 % are noise here; "
+            "`python -m benchmarks.strategies` repeats these points in interleaved rounds "
+            "and gives the verdict (`strategies.md`).",
             "",
             *_auto(model),
         ]

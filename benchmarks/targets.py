@@ -13,6 +13,8 @@ __all__ = ["AutoComparison", "Target", "compare_auto", "evaluate", "evaluate_ove
 
 PRODUCT = "batcher-decompose"
 #: Run-to-run spread on a shared 2-core machine: differences inside these are not findings.
+#: One run per point cannot tell more; ``python -m benchmarks.strategies`` repeats the
+#: strategy points in rounds and gives the verdict on ``auto``.
 THROUGHPUT_NOISE = 0.05
 P99_NOISE = 0.15
 
@@ -107,10 +109,6 @@ def compare_auto(model: str, points: Sequence[Point]) -> list[AutoComparison]:
     return rows
 
 
-def _level(row: AutoComparison) -> str:
-    return f"{row.mode} C={row.level:g}" if row.mode == "closed" else f"open {row.level:g}x"
-
-
 def evaluate(
     model: str,
     points: Sequence[Point],
@@ -154,42 +152,6 @@ def evaluate(
             higher_is_better=False,
         )
     )
-    rows = compare_auto(model, points)
-    if rows:
-        worst_rate = min(rows, key=lambda r: r.throughput_ratio)
-        worst_p99 = max(rows, key=lambda r: r.p99_ratio)
-        slow = [_level(r) for r in rows if not r.throughput_ok]
-        late = [_level(r) for r in rows if not r.p99_ok]
-        targets.append(
-            Target(
-                "auto_throughput",
-                model,
-                f"auto throughput >= better of decompose/pad at every point "
-                f"(within {THROUGHPUT_NOISE:.0%})",
-                None,
-                None,
-                worst_rate.throughput_ratio,
-                1 - THROUGHPUT_NOISE,
-                True,
-                not slow,
-                f"worst at {_level(worst_rate)}"
-                + (f"; below at {', '.join(slow)}" if slow else ""),
-            )
-        )
-        targets.append(
-            Target(
-                "auto_p99",
-                model,
-                f"auto p99 <= better of decompose/pad at every point (within {P99_NOISE:.0%})",
-                None,
-                None,
-                worst_p99.p99_ratio,
-                1 + P99_NOISE,
-                False,
-                not late,
-                f"worst at {_level(worst_p99)}" + (f"; above at {', '.join(late)}" if late else ""),
-            )
-        )
     return targets
 
 

@@ -58,6 +58,7 @@ class ChunkGate:
     ) -> None:
         self._permits = threading.Semaphore(0)
         self._lock = threading.Lock()
+        self._seen_more = threading.Condition(self._lock)
         self.seen: list[Chunk] = []
         self.fail_if = fail_if
         self.hold_if = hold_if
@@ -66,12 +67,23 @@ class ChunkGate:
     def __call__(self, chunk: Chunk) -> None:
         with self._lock:
             self.seen.append(chunk)
+            self._seen_more.notify_all()
         held = self.hold_if is None or self.hold_if(chunk)
         # A bounded wait: a test that forgets to open the gate fails instead of hanging.
         if held and not self.open and not self._permits.acquire(timeout=20):
             raise RuntimeError("the test never let this chunk go")
         if self.fail_if is not None and self.fail_if(chunk):
             raise RuntimeError(f"injected failure in a {chunk.size}-row chunk")
+
+    async def wait_seen(self, chunks: int) -> None:
+        """Until ``chunks`` chunks reached the gate (their inference is done, in a thread)."""
+
+        def wait() -> None:
+            with self._seen_more:
+                if not self._seen_more.wait_for(lambda: len(self.seen) >= chunks, timeout=20):
+                    raise RuntimeError(f"only {len(self.seen)} of {chunks} chunks came")
+
+        await anyio.to_thread.run_sync(wait)
 
     def release(self, chunks: int = 1) -> None:
         for _ in range(chunks):

@@ -306,7 +306,7 @@ async def test_a_slow_chunk_does_not_hold_up_the_other_slot() -> None:
         b._chunk_hook = gate
         slow = Caller(b, samples[0])
         tg.start_soon(slow.run)
-        await settle()  # running in the first slot, held
+        await gate.wait_seen(1)  # inferred in the first slot, held there
         fast = Caller(b, samples[1])
         tg.start_soon(fast.run)
         await fast.done.wait()  # served by the second slot while the first is still busy

@@ -92,3 +92,35 @@ def test_targets_and_overhead(results: tuple[dict[str, Any], Path]) -> None:
     overhead = data["scheduler_overhead"]
     assert _positive(overhead["best_rps"])
     assert all(_positive(v) for v in overhead["generator_ceiling_rps"].values())
+
+
+def test_strategy_comparison_runs_every_strategy_in_rounds(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.strategies", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((tmp_path / "strategies.json").read_text())
+    assert (tmp_path / "strategies.md").read_text().startswith("# decompose vs pad vs auto")
+    assert (tmp_path / "strategies.png").stat().st_size > 0
+    settings = data["settings"]
+    for name, model in data["models"].items():
+        assert _positive(model["capacity"]), name
+        levels = {("closed", float(c)) for c in settings["callers"]} | {
+            ("open", f) for f in settings["load_factors"]
+        }
+        for strategy in ("batcher-decompose", "batcher-pad", "batcher-auto"):
+            runs = [p for p in model["points"] if p["contender"] == strategy]
+            # Every load point, once per round.
+            assert len(runs) == len(levels) * settings["rounds"], (name, strategy)
+            assert {(p["mode"], p["level"]) for p in runs} == levels
+            assert all(_positive(p["throughput"]) and _positive(p["p99_ms"]) for p in runs)
+        assert len(model["comparisons"]) == len(levels)
+        for row in model["comparisons"]:
+            low, high = row["throughput_ci"]
+            assert 0 < low <= high
+            assert row["throughput_verdict"] in ("ahead", "level", "noise", "behind")
+            assert row["p99_verdict"] in ("ahead", "level", "noise", "behind")

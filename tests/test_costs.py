@@ -12,17 +12,31 @@ pytestmark = pytest.mark.anyio
 
 
 def test_cost_table_saves_and_loads(tmp_path: Path) -> None:
-    table = CostTable({1: 0.001, 8: 0.004})
+    table = CostTable({1: 0.001, 8: 0.004}, overhead=1e-4, shared_seconds={1: 0.002, 8: 0.007})
     path = tmp_path / "costs.json"
     table.save(path)
     loaded = CostTable.load(path)
     assert dict(loaded.seconds) == {1: 0.001, 8: 0.004}
+    assert dict(loaded.shared) == {1: 0.002, 8: 0.007}
+    assert loaded.overhead == 1e-4
     assert loaded.source == "file"
 
 
-def test_cost_table_rejects_nonpositive_figures() -> None:
+def test_a_table_without_shared_figures_treats_slots_as_independent(tmp_path: Path) -> None:
+    path = tmp_path / "costs.json"
+    path.write_text('{"seconds": {"1": 0.001, "4": 0.002}}')
+    loaded = CostTable.load(path)
+    assert dict(loaded.shared_seconds) == {}
+    assert dict(loaded.shared) == {1: 0.001, 4: 0.002}
+
+
+def test_cost_table_rejects_nonpositive_figures_and_mismatched_sizes() -> None:
     with pytest.raises(ValueError, match="positive seconds"):
         CostTable({1: 0.0})
+    with pytest.raises(ValueError, match="shared entries must map a positive size"):
+        CostTable({1: 1.0}, shared_seconds={1: -1.0})
+    with pytest.raises(ValueError, match="shared entries must cover the same sizes"):
+        CostTable({1: 1.0, 2: 2.0}, shared_seconds={1: 1.0})
 
 
 def test_live_costs_move_one_speed_factor_and_report_drift() -> None:
@@ -31,7 +45,7 @@ def test_live_costs_move_one_speed_factor_and_report_drift() -> None:
     assert not live.drifted
     live.observe(2, 6.0)  # size 2 ran three times slower than tabled
     assert live.drifted
-    planned = live.mark_planned()
+    planned = live.mark_planned().seconds
     # Both sizes follow the device's speed, keeping their profiled ratio.
     assert planned[2] == pytest.approx(2 * planned[1])
     assert planned[1] == pytest.approx(2.01)
@@ -39,11 +53,36 @@ def test_live_costs_move_one_speed_factor_and_report_drift() -> None:
     assert live.snapshot().source == "live"
 
 
+def test_live_costs_compare_a_chunk_that_ran_beside_others_with_the_shared_figure() -> None:
+    table = CostTable({1: 1.0}, shared_seconds={1: 2.0})
+    live = LiveCosts(table, smoothing=0.5)
+    live.observe(1, 2.0, shared=True)  # exactly what the table expects under load
+    assert live.factor == pytest.approx(1.0)
+    live.observe(1, 2.0, shared=False)  # alone, twice the idle figure: the device slowed
+    assert live.factor == pytest.approx(1.5)
+    snapshot = live.snapshot()
+    assert snapshot.seconds[1] == pytest.approx(1.5)
+    assert snapshot.shared[1] == pytest.approx(3.0)
+
+
+def test_live_overhead_follows_the_host_time_chunks_add_and_counts_as_drift() -> None:
+    live = LiveCosts(CostTable({1: 1.0, 8: 4.0}, overhead=0.1), smoothing=0.5, tolerance=0.1)
+    live.observe(1, 1.0, host=0.12)
+    assert live.overhead == pytest.approx(0.11)
+    assert not live.drifted  # 0.01 against a scale of 0.1 + 1.0
+    live.observe(1, 1.0, host=0.5)  # a busy loop: each chunk costs the host far more
+    assert live.overhead == pytest.approx(0.305)
+    assert live.drifted
+    assert live.mark_planned().overhead == pytest.approx(0.305)
+    assert not live.drifted
+    assert live.factor == pytest.approx(1.0)  # the device itself kept its speed
+
+
 def test_live_costs_ignore_unknown_sizes_and_frozen_smoothing() -> None:
     live = LiveCosts(CostTable({1: 1.0}), smoothing=0.0)
     live.observe(1, 5.0)
     live.observe(7, 5.0)
-    assert live.current() == {1: 1.0}
+    assert dict(live.snapshot().seconds) == {1: 1.0}
 
 
 async def test_auto_profiles_each_size_within_its_budget() -> None:
@@ -53,6 +92,12 @@ async def test_auto_profiles_each_size_within_its_budget() -> None:
     assert stats.cost_table is not None
     assert stats.cost_table.source == "profiled"
     assert set(stats.cost_table.seconds) == {1, 2, 4}
+    # Measured both ways; company never makes a chunk faster, nor do more rows.
+    idle, shared = stats.cost_table.seconds, stats.cost_table.shared_seconds
+    assert set(shared) == {1, 2, 4}
+    assert all(shared[s] >= idle[s] for s in idle)
+    assert idle[1] <= idle[2] <= idle[4]
+    assert shared[1] <= shared[2] <= shared[4]
     assert stats.profile_seconds < 5.0  # budget plus warm-up runs, far below this bound
 
 

@@ -97,6 +97,46 @@ def test_auto_uses_parallel_slots() -> None:
     assert estimated_time(chunks, costs, 2) == 4.0
 
 
+def test_auto_does_not_count_on_parallelism_the_device_does_not_deliver() -> None:
+    # Side by side, a 4-row chunk holds its slot for 8 (the slots share one core): 4+4 then
+    # takes 8 on two slots, no faster than one 8-row chunk, which wins on fewer chunks.
+    costs = {4: 4.0, 8: 8.0}
+    shared = {4: 8.0, 8: 16.0}
+    chunks = plan(8, (4, 8), "auto", costs, slots=2, overhead=0.1, shared=shared)
+    assert chunks == (Chunk(8, 8),)
+    assert estimated_time(chunks, costs, 2, 0.1, shared) == pytest.approx(8.1)
+
+
+def test_auto_picks_the_size_that_is_cheapest_per_row_under_load() -> None:
+    # Alone, 32 rows cost less per row than 16; with both slots busy they cost more (a
+    # cache-bound model). A deep queue on two free slots gets 16-row chunks.
+    costs = {16: 8.0, 32: 14.0}
+    shared = {16: 10.0, 32: 24.0}
+    chunks = plan(64, (16, 32), "auto", costs, slots=2, shared=shared)
+    assert chunks == (Chunk(16, 16),) * 4
+
+
+def test_auto_keeps_the_fixed_plan_for_a_gain_within_the_margin() -> None:
+    # 4+4 on two slots is estimated 5 % faster than one 8-row chunk: within a measured
+    # table's noise, so the single chunk stays; with no margin the estimate alone decides.
+    costs = {4: 4.0, 8: 8.0}
+    shared = {4: 7.6, 8: 8.0}
+    assert plan(8, (4, 8), "auto", costs, slots=2, shared=shared) == (Chunk(8, 8),)
+    assert plan(8, (4, 8), "auto", costs, slots=2, shared=shared, margin=0.0) == (
+        Chunk(4, 4),
+        Chunk(4, 4),
+    )
+
+
+def test_auto_takes_fewer_chunks_among_plans_within_the_margin_of_the_fastest() -> None:
+    # Sixteen rows on two slots: eight 2-row chunks are estimated fastest, but 8+8 is within
+    # 10 % of them and far faster than one 16-row chunk on a single slot.
+    costs = {2: 0.8, 8: 3.2, 16: 6.4}
+    shared = {2: 0.8, 8: 3.5, 16: 7.0}
+    chunks = plan(16, (2, 8, 16), "auto", costs, slots=2, overhead=0.01, shared=shared)
+    assert chunks == (Chunk(8, 8), Chunk(8, 8))
+
+
 def test_plan_rejects_unknown_strategies_and_missing_costs() -> None:
     with pytest.raises(ValueError, match="strategy must be one of"):
         plan(3, (1, 2), "greedy")
@@ -104,6 +144,10 @@ def test_plan_rejects_unknown_strategies_and_missing_costs() -> None:
         plan(3, (1, 2), "auto")
     with pytest.raises(ValueError, match="missing \\[2\\]"):
         plan_cost_based(3, (1, 2), {1: 1.0}, 1)
+    with pytest.raises(ValueError, match="shared costs must give a time for every batch size"):
+        plan_cost_based(3, (1, 2), {1: 1.0, 2: 2.0}, 1, shared={1: 1.0})
+    with pytest.raises(ValueError, match=r"margin must be within \[0, 1\)"):
+        plan_cost_based(3, (1, 2), {1: 1.0, 2: 2.0}, 1, margin=1.0)
 
 
 size_sets = st.lists(st.integers(1, 24), min_size=1, max_size=5, unique=True).map(
@@ -145,16 +189,23 @@ def covers_exactly(chunks: tuple[Chunk, ...], n: int, sizes: tuple[int, ...]) ->
 def test_every_strategy_covers_n_and_auto_is_never_worse(
     sizes: tuple[int, ...], n: int, slots: int, data: st.DataObject
 ) -> None:
-    costs = {
-        s: data.draw(st.floats(1e-4, 1.0, allow_nan=False, allow_infinity=False)) for s in sizes
-    }
+    seconds = st.floats(1e-4, 1.0, allow_nan=False, allow_infinity=False)
+    costs = {s: data.draw(seconds) for s in sizes}
+    # Contention slows a chunk down by up to the slot count.
+    shared = {s: c * data.draw(st.floats(1.0, float(slots))) for s, c in costs.items()}
+    overhead = data.draw(st.sampled_from((0.0, 1e-4, 1e-2)))
+    margin = data.draw(st.sampled_from((0.0, 0.1, 0.5)))
+
+    def estimate(chunks: tuple[Chunk, ...]) -> float:
+        return estimated_time(chunks, costs, slots, overhead, shared)
+
     padded = plan_padded(n, sizes)
-    auto = plan_cost_based(n, sizes, costs, slots)
+    auto = plan_cost_based(n, sizes, costs, slots, overhead, shared, margin)
     assert covers_exactly(padded, n, sizes)
     assert covers_exactly(auto, n, sizes)
-    best_fixed = estimated_time(padded, costs, slots)
+    best_fixed = estimate(padded)
     if brute_force_cached(n, sizes) is not None:
         decomposed = plan(n, sizes, "decompose")
         assert covers_exactly(decomposed, n, sizes)
-        best_fixed = min(best_fixed, estimated_time(decomposed, costs, slots))
-    assert estimated_time(auto, costs, slots) <= best_fixed + 1e-12
+        best_fixed = min(best_fixed, estimate(decomposed))
+    assert estimate(auto) <= best_fixed + 1e-12

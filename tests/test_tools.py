@@ -12,7 +12,7 @@ from batcher._tune import SizeProfile, recommend
 
 
 def profile(size: int, latency: float, throughput: float, memory: int = 0) -> SizeProfile:
-    return SizeProfile(size, latency, throughput, 0.01, memory)
+    return SizeProfile(size, latency, throughput, 2, 0.01, memory)
 
 
 def test_recommend_keeps_sizes_that_pay_off_within_budgets() -> None:
@@ -50,6 +50,8 @@ def test_tune_writes_a_config_the_batcher_loads(
     assert config.cost_table_path is not None
     table = CostTable.load(config.cost_table_path)
     assert set(table.seconds) == set(config.batch_sizes)
+    assert set(table.shared_seconds) == set(config.batch_sizes)
+    assert all(table.shared_seconds[s] >= table.seconds[s] for s in table.seconds)
     assert "| size | latency ms |" in capsys.readouterr().out
 
 
