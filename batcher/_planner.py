@@ -180,7 +180,6 @@ def _fill(sizes: Sequence[int], n: int) -> tuple[Chunk, ...]:
     return tuple(c for c in chunks if c.samples > 0)
 
 
-@functools.lru_cache(maxsize=4096)
 def _mixed_candidates(
     n: int, sizes: tuple[int, ...], per_chunk: tuple[float, ...]
 ) -> tuple[tuple[Chunk, ...], ...]:
