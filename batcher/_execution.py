@@ -102,8 +102,8 @@ class Flight:
         #: ``perf_counter`` when the scheduler launched it: with ``device_seconds``, what the
         #: round trip through the host cost on top of the inference.
         self.launched = time.perf_counter()
-        #: Another chunk was running when this one started or landed (its timing is a
-        #: shared one, see :class:`~batcher._costs.CostTable`).
+        #: Another chunk ran beside this one at some point, so its timing is compared with
+        #: the shared figure (see :class:`~batcher._costs.CostTable`).
         self.shared = False
 
 

@@ -22,8 +22,8 @@ __all__ = [
     "plan_padded",
 ]
 
-#: How much faster (a fraction) ``auto`` must estimate a mixed plan to prefer it over the
-#: better of the fixed strategies' plans: about the spread of a profiled cost table.
+#: How close (a fraction) to the fastest estimate a plan must be for ``auto`` to consider it,
+#: preferring fewer chunks among those: about the spread of a profiled cost table.
 DEFAULT_MARGIN = 0.1
 
 
