@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import anyio
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from .contenders import Counters
 from .workloads import Sample
 
-__all__ = ["MIN_COMPLETIONS", "Infer", "Run", "closed_loop", "open_loop"]
+__all__ = ["MIN_COMPLETIONS", "Infer", "LoadTiming", "Run", "closed_loop", "open_loop", "run_load"]
 
 #: Requests that must finish inside a window for its figures to mean anything.
 MIN_COMPLETIONS = 5
@@ -237,3 +237,50 @@ async def open_loop(
         run.unfinished = busy
         pool.cancel_scope.cancel()
     return run
+
+
+class LoadTiming(Protocol):
+    """The durations and bounds a load point runs with (each suite's settings have them)."""
+
+    @property
+    def warmup_s(self) -> float: ...
+    @property
+    def window_s(self) -> float: ...
+    @property
+    def drain_timeout_s(self) -> float: ...
+    @property
+    def max_outstanding(self) -> int: ...
+
+
+async def run_load(
+    infer: Infer,
+    samples: Sequence[Sample],
+    counters: CounterSource,
+    timing: LoadTiming,
+    mode: Literal["closed", "open"],
+    level: float,
+    rate: float,
+    seed: int,
+) -> Run:
+    """One load point: ``level`` callers back to back (closed), or ``rate`` arrivals/s (open)."""
+    if mode == "closed":
+        return await closed_loop(
+            infer,
+            samples,
+            int(level),
+            timing.warmup_s,
+            timing.window_s,
+            counters,
+            timing.drain_timeout_s,
+        )
+    return await open_loop(
+        infer,
+        samples,
+        rate,
+        timing.warmup_s,
+        timing.window_s,
+        counters,
+        timing.drain_timeout_s,
+        timing.max_outstanding,
+        seed,
+    )

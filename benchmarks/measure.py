@@ -20,11 +20,11 @@ from .contenders import (
     Options,
     open_contender,
 )
-from .load import Run, closed_loop, open_loop
+from .load import run_load
 from .metrics import Mode, Point, summarize
 from .progress import Progress
 from .settings import Settings, point_seconds, setup_seconds
-from .targets import compare_auto, evaluate
+from .targets import evaluate
 from .workloads import Sample, Workload
 
 __all__ = ["line", "measure_model"]
@@ -119,7 +119,16 @@ async def _measure_all(specs: list[ContenderSpec], run: _ModelRun, core: ov.Core
             turn = index % len(live) if live else 0
             for spec, contender in live[turn:] + live[:turn]:
                 try:
-                    raw = await _run_point(contender, run, mode, level, rate, s.seed + index)
+                    raw = await run_load(
+                        contender.infer,
+                        run.samples,
+                        contender.counters,
+                        s,
+                        mode,
+                        level,
+                        rate,
+                        s.seed + index,
+                    )
                 except Exception as exc:
                     run.failed(spec, exc, len(loads) - index - 1)
                     live.remove((spec, contender))
@@ -131,33 +140,6 @@ async def _measure_all(specs: list[ContenderSpec], run: _ModelRun, core: ov.Core
                 run.infos[spec.name]["statistics"] = contender.statistics_summary()
     # Report contenders in the order asked for, whatever order they ran in.
     run.points.sort(key=lambda p: [c.name for c in specs].index(p.contender))
-
-
-async def _run_point(
-    contender: Contender, run: _ModelRun, mode: Mode, level: float, rate: float, seed: int
-) -> Run:
-    s = run.settings
-    if mode == "closed":
-        return await closed_loop(
-            contender.infer,
-            run.samples,
-            int(level),
-            s.warmup_s,
-            s.window_s,
-            contender.counters,
-            s.drain_timeout_s,
-        )
-    return await open_loop(
-        contender.infer,
-        run.samples,
-        rate,
-        s.warmup_s,
-        s.window_s,
-        contender.counters,
-        s.drain_timeout_s,
-        s.max_outstanding,
-        seed,
-    )
 
 
 def _physical(
@@ -230,6 +212,5 @@ def measure_model(
         "offered_rates": {f"{f:g}": r for f, r in run.rates.items()},
         "contenders": contenders,
         "points": [p.to_json() for p in points],
-        "auto_vs_fixed": [r.to_json() for r in compare_auto(workload.name, points)],
         "_targets": evaluate(workload.name, points, reference.best, raw.throughput_hint, errors),
     }

@@ -137,21 +137,6 @@ def _detail(model: dict[str, Any], mode: str) -> list[str]:
     return _table(header, rows)
 
 
-def _auto(model: dict[str, Any]) -> list[str]:
-    rows = [
-        [
-            f"{r['mode']} {r['level']:g}" + ("x" if r["mode"] == "open" else ""),
-            _num(r["throughput_ratio"]),
-            "ok" if r["throughput_ok"] else "**below**",
-            _num(r["p99_ratio"]),
-            "ok" if r["p99_ok"] else "**above**",
-        ]
-        for r in model["auto_vs_fixed"]
-    ]
-    header = ["load point", "throughput ratio", "", "p99 ratio", ""]
-    return _table(header, rows)
-
-
 def _model(name: str, model: dict[str, Any]) -> list[str]:
     limit = model["physical_limit"]
     raw = model["raw_batch1_latency_ms"]
@@ -175,17 +160,6 @@ def _model(name: str, model: dict[str, Any]) -> list[str]:
         "",
         *_detail(model, "open"),
     ]
-    if model["auto_vs_fixed"]:
-        lines += [
-            "### auto vs the better of decompose and pad",
-            "",
-            "Throughput ratio = auto / max(decompose, pad); p99 ratio = auto / min(decompose, "
-            "pad). One run per point, so differences of 10-20 % are noise here; "
-            "`python -m benchmarks.strategies` repeats these points in interleaved rounds "
-            "and gives the verdict (`strategies.md`).",
-            "",
-            *_auto(model),
-        ]
     return lines
 
 

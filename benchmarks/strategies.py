@@ -29,7 +29,7 @@ import numpy as np
 import openvino as ov
 
 from .contenders import CONTENDERS, BatcherContender, Options
-from .load import closed_loop, open_loop
+from .load import run_load
 from .machine import describe
 from .metrics import Mode, Point, summarize
 from .progress import Progress
@@ -169,40 +169,6 @@ def compare(points: Sequence[Point], seed: int = 0) -> list[Comparison]:
     return rows
 
 
-async def _run_point(
-    contender: BatcherContender,
-    samples: list[Any],
-    s: StrategySettings,
-    mode: Mode,
-    level: float,
-    rate: float,
-    seed: int,
-) -> Point:
-    if mode == "closed":
-        raw = await closed_loop(
-            contender.infer,
-            samples,
-            int(level),
-            s.warmup_s,
-            s.window_s,
-            contender.counters,
-            s.drain_timeout_s,
-        )
-    else:
-        raw = await open_loop(
-            contender.infer,
-            samples,
-            rate,
-            s.warmup_s,
-            s.window_s,
-            contender.counters,
-            s.drain_timeout_s,
-            s.max_outstanding,
-            seed,
-        )
-    return summarize(raw, contender.workload.name, contender.spec.name, mode, level)
-
-
 def _line(p: Point, round_: int) -> str:
     where = f"C={p.level:g}" if p.mode == "closed" else f"{p.level:g}x"
     return (
@@ -233,7 +199,10 @@ async def _measure_model(
             for round_ in range(s.rounds):
                 turn = round_ % len(live)
                 for contender in live[turn:] + live[:turn]:
-                    point = await _run_point(contender, samples, s, mode, level, rate, seed)
+                    raw = await run_load(
+                        contender.infer, samples, contender.counters, s, mode, level, rate, seed
+                    )
+                    point = summarize(raw, workload.name, contender.spec.name, mode, level)
                     points.append(point)
                     progress.step(_point_seconds(s), _line(point, round_))
 

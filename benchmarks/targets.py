@@ -9,14 +9,9 @@ from typing import Any
 
 from .metrics import Point
 
-__all__ = ["AutoComparison", "Target", "compare_auto", "evaluate", "evaluate_overhead"]
+__all__ = ["Target", "evaluate", "evaluate_overhead"]
 
 PRODUCT = "batcher-decompose"
-#: Run-to-run spread on a shared 2-core machine: differences inside these are not findings.
-#: One run per point cannot tell more; ``python -m benchmarks.strategies`` repeats the
-#: strategy points in rounds and gives the verdict on ``auto``.
-THROUGHPUT_NOISE = 0.05
-P99_NOISE = 0.15
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,46 +62,6 @@ def _at(points: Sequence[Point], contender: str, mode: str, level: float) -> Poi
         if p.contender == contender and p.mode == mode and p.level == level:
             return p
     return None
-
-
-@dataclass(frozen=True, slots=True)
-class AutoComparison:
-    """``batcher-auto`` against the better fixed strategy at one load point."""
-
-    model: str
-    mode: str
-    level: float
-    throughput_ratio: float
-    p99_ratio: float
-    throughput_ok: bool
-    p99_ok: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def compare_auto(model: str, points: Sequence[Point]) -> list[AutoComparison]:
-    rows = []
-    for auto in (p for p in points if p.contender == "batcher-auto"):
-        fixed = [_at(points, name, auto.mode, auto.level) for name in (PRODUCT, "batcher-pad")]
-        if any(p is None for p in fixed):
-            continue
-        best_rate = max(p.throughput for p in fixed if p is not None)
-        best_p99 = min(p.p99_ms for p in fixed if p is not None)
-        rate_ratio = auto.throughput / best_rate
-        p99_ratio = auto.p99_ms / best_p99
-        rows.append(
-            AutoComparison(
-                model,
-                auto.mode,
-                auto.level,
-                rate_ratio,
-                p99_ratio,
-                rate_ratio >= 1 - THROUGHPUT_NOISE,
-                p99_ratio <= 1 + P99_NOISE,
-            )
-        )
-    return rows
 
 
 def evaluate(
