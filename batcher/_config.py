@@ -197,8 +197,11 @@ def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
 
 
 def _positive_int_or_none(name: str, value: object) -> None:
-    if value is None:
-        return
+    if value is not None:
+        _positive_int(name, value)
+
+
+def _positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 

@@ -308,8 +308,13 @@ class Batcher:
     ) -> Output:
         # The hot path of every request: no anyio indirection, no cancel scope unless a
         # deadline needs one, no clock read unless something uses the time.
-        if self._phase is not _Phase.OPEN:
+        if self._phase is not _Phase.OPEN or self._broken is not None:
             self._open_engine()
+            if self._broken is not None:
+                # Nothing would serve a sample queued now: say why instead of queueing it.
+                raise BatcherClosed(
+                    f"the batcher stopped serving after an internal failure: {self._broken!r}"
+                )
         engine = self._engine
         assert engine is not None
         config = self._config

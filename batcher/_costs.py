@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,12 +50,13 @@ class CostTable:
         """``shared_seconds`` where measured, else ``seconds``."""
         return self.shared_seconds or self.seconds
 
-    def scaled(self, factor: float, source: str) -> CostTable:
-        """Every figure times ``factor``: the device as a whole got faster or slower."""
+    def scaled(self, factor: float, source: str, overhead: float) -> CostTable:
+        """Every device figure times ``factor`` (the device as a whole got faster or
+        slower), with a new host ``overhead``."""
         return CostTable(
             {size: sec * factor for size, sec in self.seconds.items()},
             source=source,
-            overhead=self.overhead,
+            overhead=overhead,
             shared_seconds={size: sec * factor for size, sec in self.shared_seconds.items()},
         )
 
@@ -172,5 +172,4 @@ class LiveCosts:
         return self.snapshot()
 
     def snapshot(self) -> CostTable:
-        table = self._base.scaled(self.factor, self.source)
-        return dataclasses.replace(table, overhead=self.overhead)
+        return self._base.scaled(self.factor, self.source, self.overhead)

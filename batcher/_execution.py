@@ -159,8 +159,10 @@ class Waiters:
                 if hook is not None:
                     hook(flight.chunk)
                 flight.outputs = flight.slot.read_outputs(flight.chunk.samples, self._n_outputs)
-            except Exception as exc:
-                flight.error = exc
+            except BaseException as exc:  # the flight must land whatever ended it
+                flight.error = (
+                    exc if isinstance(exc, Exception) else RuntimeError(f"waiter stopped: {exc!r}")
+                )
             self._call_soon(self._on_done, flight)
 
 
@@ -288,10 +290,7 @@ def profile(pools: dict[int, list[Slot]], sizes: tuple[int, ...], budget: float)
     cores, and sizes differ in how well they share. Sizes are measured in interleaved passes
     and each figure is the median of its passes.
     """
-    for size in sizes:
-        for slot in pools[size]:
-            slot.zero_inputs()
-            slot.request.infer()  # warm-up: the first run pays one-off allocation
+    # Every slot was zeroed and run once by load_engine: no warm-up needed here.
     per_run = budget / len(sizes) / _PROFILE_PASSES / 2
     idle_runs: dict[int, list[float]] = {size: [] for size in sizes}
     shared_runs: dict[int, list[float]] = {size: [] for size in sizes}

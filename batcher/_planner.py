@@ -241,10 +241,12 @@ def plan_cost_based(
     estimates = [estimate(chunks) for chunks in candidates]
     fastest = min(estimates)
     bound = min(fixed_bound, fastest / (1.0 - margin))
-    return min(
-        (chunks for chunks, t in zip(candidates, estimates, strict=True) if t <= bound),
-        key=lambda chunks: (len(chunks), sum(c.padding for c in chunks), estimate(chunks)),
+    eligible = (
+        (len(chunks), sum(c.padding for c in chunks), t, chunks)
+        for chunks, t in zip(candidates, estimates, strict=True)
+        if t <= bound
     )
+    return min(eligible, key=lambda ranked: ranked[:3])[3]
 
 
 def plan(

@@ -42,7 +42,8 @@ class BatcherStatistics:
     slots: int
     compile_seconds: float
     profile_seconds: float
-    #: The cost table the planner currently uses (strategy "auto" only, else ``None``).
+    #: The cost table the planner currently uses (strategy "auto" with static sizes only,
+    #: else ``None``).
     cost_table: CostTable | None
 
     @property

@@ -222,6 +222,11 @@ class Client:
                 task_group.start_soon(self._write_loop)
                 await self._read_loop()
                 task_group.cancel_scope.cancel()
+            # The server closed its side (or broke the protocol): close ours too, so a
+            # draining server sees this client leave instead of waiting out its linger.
+            assert self._stream is not None
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
 
     async def _write_loop(self) -> None:
         assert self._stream is not None

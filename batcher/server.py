@@ -32,7 +32,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from . import _protocol as proto
-from ._config import BatcherConfig
+from ._config import BatcherConfig, _positive_int, _seconds
 from ._core import Batcher
 from ._errors import BatcherClosed
 from ._model import ModelSource, ModelSpec, TensorSpec
@@ -317,6 +317,8 @@ class Server:
         it already started (and ``closed`` to any it had read but not started), then closes
         each connection. Leaving the ``async with`` block waits for that drain.
         """
+        if self._task_group is None:
+            raise RuntimeError("the server is not running: call shutdown inside `async with`")
         if self._closing:
             return
         self._closing = True
@@ -797,15 +799,3 @@ async def serve(
 def _port(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ValueError(f"{name} must be an integer port in [0, 65535], got {value!r}")
-
-
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _seconds(name: str, value: object, *, allow_zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} s, got {value!r}")

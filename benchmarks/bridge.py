@@ -33,7 +33,6 @@ class QueueBridge:
     """``await bridge.infer(x)`` runs one batch-1 request on an ``AsyncInferQueue``."""
 
     def __init__(self, compiled: Any, jobs: int) -> None:
-        self.jobs = jobs
         self._queue = ov.AsyncInferQueue(compiled, jobs)
         self._queue.set_callback(self._finished)
         self._done: deque[_Job] = deque()

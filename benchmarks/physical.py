@@ -85,14 +85,14 @@ def measure_physical_limit(
     """The best static batch size's throughput with the THROUGHPUT hint, pre-batched data."""
     model = workload.build()
     per_size: dict[int, float] = {}
-    jobs = 1
+    jobs: dict[int, int] = {}
     for size in sizes:
         compiled = compile_for_batch(core, model, size, "CPU", _THROUGHPUT)
-        jobs = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        rate = _queue_rate(compiled, workload.batch_of(samples, size), jobs)
+        jobs[size] = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        rate = _queue_rate(compiled, workload.batch_of(samples, size), jobs[size])
         per_size[size] = _median_rate(rate, seconds / len(sizes), repeats)
     best_size = max(per_size, key=lambda s: per_size[s])
-    return PhysicalLimit(per_size, best_size, per_size[best_size], jobs)
+    return PhysicalLimit(per_size, best_size, per_size[best_size], jobs[best_size])
 
 
 def _sync_latency(compiled: Any, sample: Sample, seconds: float) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import struct
 from typing import Any
 
@@ -287,8 +286,15 @@ fuzz_bodies = (
 @settings(max_examples=300)
 @given(fuzz_bodies)
 def test_decoding_anything_raises_only_protocol_error(raw: bytes) -> None:
-    with contextlib.suppress(proto.ProtocolError):
-        proto.decode_request(raw)
+    kinds = (proto.InferRequest, proto.AuthRequest, proto.SpecRequest, proto.PingRequest)
+    try:
+        outcome: object = proto.decode_request(raw)
+    except proto.ProtocolError as exc:
+        outcome = exc
+    if isinstance(outcome, proto.ProtocolError):
+        assert outcome.code == "bad_request"
+    else:
+        assert isinstance(outcome, kinds)
 
 
 # ---------------------------------------------------------------------------- responses

@@ -15,7 +15,7 @@ from support import (
     start_behind_one,
 )
 
-from batcher import Batcher, BatcherConfig, DeadlineExceeded, QueueFull, models
+from batcher import Batcher, BatcherClosed, BatcherConfig, DeadlineExceeded, QueueFull, models
 
 pytestmark = pytest.mark.anyio
 
@@ -228,3 +228,19 @@ async def test_cancelling_the_code_around_the_batcher_still_serves_its_queue() -
     for caller, wanted in zip(callers, expected, strict=True):
         assert caller.error is None
         assert_close(caller.result, wanted)
+
+
+async def test_after_an_internal_failure_new_samples_are_refused_not_queued() -> None:
+    samples = rng_samples((16,), 2)
+    async with Batcher(models.mlp(SMALL_MLP), one_slot()) as b:
+
+        def broken_delivery(*args: object) -> None:
+            raise RuntimeError("a bug while delivering")
+
+        b._deliver = broken_delivery  # type: ignore[method-assign]
+        with pytest.raises(BatcherClosed, match="failed internally"):
+            await b.submit(samples[0])
+        # Nothing would serve it: refused at once with the reason, never left waiting.
+        with pytest.raises(BatcherClosed, match=r"internal failure.*a bug while delivering"):
+            await b.submit(samples[1])
+        assert b.statistics().queue_depth == 0
