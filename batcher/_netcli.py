@@ -129,7 +129,7 @@ def _first_leaf(error: BaseException) -> BaseException:
 
 def _serve_configs(args: argparse.Namespace) -> tuple[BatcherConfig, ServerConfig]:
     from ._config import BatcherConfig
-    from .server import BUILTIN_MODELS, ServerConfig, load_configs
+    from .server import ServerConfig, check_model, load_configs
 
     if args.config is not None:
         batcher_config, server_config = load_configs(args.config)
@@ -152,11 +152,7 @@ def _serve_configs(args: argparse.Namespace) -> tuple[BatcherConfig, ServerConfi
     )
     if server_config.model is None:
         raise ValueError("no model to serve: pass --model or set `model` in [server]")
-    if server_config.model not in BUILTIN_MODELS and not os.path.isfile(server_config.model):
-        raise ValueError(
-            f"model must name a built-in model ({', '.join(BUILTIN_MODELS)}) or an existing "
-            f"model file, got {server_config.model!r}"
-        )
+    check_model(server_config.model)
     return batcher_config, server_config
 
 

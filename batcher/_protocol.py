@@ -217,7 +217,8 @@ class FrameReader:
         need = self._need
         if len(buffer) < need:
             return None
-        body = bytes(buffer[:need])
+        with memoryview(buffer) as view:  # one copy, not a slice copy and then another
+            body = bytes(view[:need])
         # bytearray deletes from the front in O(1) amortised, so pipelined frames are cheap.
         del buffer[:need]
         self._need = None

@@ -7,7 +7,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,12 @@ from typing import Any
 import numpy as np
 import openvino as ov
 
-from . import models
 from ._config import BatcherConfig, Strategy
 from ._costs import CostTable
 from ._model import compile_for_batch, read_model
+from .server import load_model
 
 __all__ = ["SizeProfile", "recommend", "register"]
-
-BUILT_IN: dict[str, Callable[[], ov.Model]] = {
-    "mlp": models.mlp,
-    "cnn": models.cnn,
-    "identity": models.identity,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +38,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "tune", help="profile candidate batch sizes and write a recommended config"
     )
-    parser.add_argument("model", help="an IR (.xml) or ONNX path, or mlp / cnn / identity")
+    parser.add_argument(
+        "model", help="an IR (.xml) or ONNX path, or a built-in: mlp, cnn, identity, two_heads"
+    )
     parser.add_argument("--candidates", default="1,2,4,8,16,32,64")
     parser.add_argument(
         "--latency-target", type=float, default=0.05, help="seconds one chunk may take at most"
@@ -61,7 +56,11 @@ def register(subparsers: Any) -> None:
 
 def main(args: argparse.Namespace) -> int:
     candidates = sorted({int(s) for s in args.candidates.split(",")})
-    source = BUILT_IN[args.model]() if args.model in BUILT_IN else args.model
+    try:
+        source = load_model(args.model)
+    except ValueError as exc:
+        print(f"batcher tune: {exc}", file=sys.stderr)
+        return 2
     core = ov.Core()
     model = read_model(core, source)
     profiles = []

@@ -46,6 +46,7 @@ __all__ = [
     "Server",
     "ServerConfig",
     "ServerStatistics",
+    "check_model",
     "load_configs",
     "load_model",
     "serve",
@@ -173,20 +174,24 @@ def load_configs(path: str | PathLike[str]) -> tuple[BatcherConfig, ServerConfig
     )
 
 
+def check_model(model: str) -> None:
+    """Raise unless ``model`` names a built-in model or an existing file (cheap: no load)."""
+    if model not in BUILTIN_MODELS and not Path(model).is_file():
+        raise ValueError(
+            f"model must name a built-in model ({', '.join(BUILTIN_MODELS)}) or an existing "
+            f"model file, got {model!r}"
+        )
+
+
 def load_model(model: str) -> ModelSource:
     """A built-in reference model by name, else the path of an existing model file."""
+    check_model(model)
     if model in BUILTIN_MODELS:
         from . import models
 
         built: ModelSource = getattr(models, model)()
         return built
-    path = Path(model)
-    if not path.is_file():
-        raise ValueError(
-            f"model must name a built-in model ({', '.join(BUILTIN_MODELS)}) or an existing "
-            f"model file, got {model!r}"
-        )
-    return path
+    return Path(model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,11 @@ def test_tune_writes_a_config_the_batcher_loads(
     assert "| size | latency ms |" in capsys.readouterr().out
 
 
+def test_tune_names_the_rule_for_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tune", "no-such-model"]) == 2
+    assert "model must name a built-in model" in capsys.readouterr().err
+
+
 def test_demo_runs_and_checks_its_results(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["demo", "--model", "mlp", "--requests", "200", "--callers", "20"])
     assert code == 0
