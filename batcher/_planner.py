@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -181,14 +182,23 @@ def _fill(sizes: Sequence[int], n: int) -> tuple[Chunk, ...]:
 
 
 def _mixed_candidates(
-    n: int, sizes: tuple[int, ...], per_chunk: tuple[float, ...]
+    n: int, sizes: tuple[int, ...], per_chunk: tuple[float, ...], monotone: bool
 ) -> tuple[tuple[Chunk, ...], ...]:
     """Plans mixing sizes: for each size cap, the cheapest covering of ``n`` rows by sizes up
     to the cap (bounding the longest chunk trades total work for parallelism), and the
-    padded plan over those sizes (same-size chunks, fewer of them, may be as fast)."""
+    padded plan over those sizes (same-size chunks, fewer of them, may be as fast).
+    ``monotone``: no size costs less than a smaller one, idle or shared."""
     costs = dict(zip(sizes, per_chunk, strict=True))
+    caps = len(sizes)
+    if monotone:
+        # Where a bigger size never costs less, a covering that uses a size holding all n
+        # rows is just that size, padded, and the smallest such one is the padded plan the
+        # caller already has. So only caps below it add candidates. That saves most of the
+        # work for the small counts that make up most plans at light load, where each
+        # plan costs the event loop.
+        caps = min(caps, bisect.bisect_left(sizes, n))
     plans = []
-    for cap in range(1, len(sizes) + 1):
+    for cap in range(1, caps + 1):
         plans.append(_fill(_cheapest_cover(n, sizes[:cap], costs), n))
         plans.append(plan_padded(n, sizes[:cap]))
     return tuple(plans)
@@ -237,7 +247,9 @@ def plan_cost_based(
     fixed_bound = min(estimate(chunks) for chunks in fixed)
     # The second bound of estimated_time, times the slots, is what the coverings minimise.
     per_chunk = tuple(loaded[size] + overhead * max(slots, 1) for size in sizes)
-    candidates = fixed + list(_mixed_candidates(n, sizes, per_chunk))
+    idle = tuple(costs[size] for size in sizes)
+    monotone = all(a <= b for row in (per_chunk, idle) for a, b in itertools.pairwise(row))
+    candidates = fixed + list(_mixed_candidates(n, sizes, per_chunk, monotone))
     estimates = [estimate(chunks) for chunks in candidates]
     fastest = min(estimates)
     bound = min(fixed_bound, fastest / (1.0 - margin))

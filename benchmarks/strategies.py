@@ -13,6 +13,12 @@ already shed load; shed arrivals are recorded with each point.
 
 The best fixed strategy at a point is picked from the same rounds it is compared with,
 which leans the ratios slightly towards "behind".
+
+Whether a gap is noise is measured, not assumed: an A/A control, a second ``decompose``
+batcher identical to the first, runs in every round beside the others. Its ratio to its
+twin says how far two identical contenders stray at that point; ``auto`` counts as behind
+only when it trails by more than that, by more than the tolerance, and with a confidence
+interval that excludes parity.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import anyio
 import numpy as np
 import openvino as ov
 
-from .contenders import CONTENDERS, BatcherContender, Options
+from .contenders import CONTENDERS, BatcherContender, ContenderSpec, Options
 from .load import run_load
 from .machine import describe
 from .metrics import Mode, Point, summarize
@@ -45,6 +51,10 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("batcher-decompose", "batcher-pad", "batcher-auto")
 FIXED = STRATEGIES[:2]
 AUTO = STRATEGIES[2]
+#: The A/A control: a second, identical ``decompose`` batcher.
+TWIN = "batcher-decompose-twin"
+TWIN_OF = "batcher-decompose"
+CONTENDER_NAMES = (*STRATEGIES, TWIN)
 #: Where auto may trail the better fixed strategy's median and still count as level.
 THROUGHPUT_TOLERANCE = 0.05
 P99_TOLERANCE = 0.10
@@ -105,14 +115,21 @@ class Comparison:
     best_p99_by: str
     p99_ratio: float
     p99_ci: tuple[float, float]
+    #: The A/A control's ratio to its identical twin, with its interval: how far two equal
+    #: contenders stray at this point. ``None`` for runs without the control.
+    aa_throughput_ratio: float | None = None
+    aa_throughput_ci: tuple[float, float] | None = None
+    aa_p99_ratio: float | None = None
+    aa_p99_ci: tuple[float, float] | None = None
 
     @property
     def throughput_verdict(self) -> str:
-        return _verdict(self.throughput_ratio, self.throughput_ci, THROUGHPUT_TOLERANCE, True)
+        band = _aa_band(self.aa_throughput_ci)
+        return _verdict(self.throughput_ratio, self.throughput_ci, THROUGHPUT_TOLERANCE, True, band)
 
     @property
     def p99_verdict(self) -> str:
-        return _verdict(self.p99_ratio, self.p99_ci, P99_TOLERANCE, False)
+        return _verdict(self.p99_ratio, self.p99_ci, P99_TOLERANCE, False, _aa_band(self.aa_p99_ci))
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -121,16 +138,28 @@ class Comparison:
         return data
 
 
-def _verdict(ratio: float, ci: tuple[float, float], tolerance: float, higher: bool) -> str:
-    """``level`` within tolerance, ``noise`` when the interval still reaches parity, else
-    ``behind``; ``ahead`` when auto is better beyond the tolerance."""
+def _aa_band(ci: tuple[float, float] | None) -> float:
+    """How far (a factor >= 1, either way) two identical contenders' ratio may stray: the
+    farther end of the A/A control's interval. 1 when there was no control."""
+    if ci is None:
+        return 1.0
+    return max(ci[1], 1.0 / ci[0], 1.0)
+
+
+def _verdict(
+    ratio: float, ci: tuple[float, float], tolerance: float, higher: bool, band: float = 1.0
+) -> str:
+    """``level`` within tolerance; ``noise`` when the interval still reaches parity or the
+    gap is no wider than the A/A ``band``, else ``behind``; ``ahead`` when auto is better
+    beyond the tolerance."""
     gain = ratio - 1.0 if higher else 1.0 - ratio
     if gain > tolerance:
         return "ahead"
     if gain >= -tolerance:
         return "level"
     reaches_parity = ci[1] >= 1.0 if higher else ci[0] <= 1.0
-    return "noise" if reaches_parity else "behind"
+    within_aa = (1.0 / ratio if higher else ratio) <= band
+    return "noise" if reaches_parity or within_aa else "behind"
 
 
 def _median_ratio_ci(
@@ -163,7 +192,7 @@ def compare(points: Sequence[Point], seed: int = 0) -> list[Comparison]:
             continue
 
         def median(name: str, key: str, runs: dict[str, list[Point]] = runs) -> float:
-            return statistics.median(getattr(p, key) for p in runs[name])
+            return float(statistics.median(getattr(p, key) for p in runs[name]))
 
         fast = max(FIXED, key=lambda name: median(name, "throughput"))
         tight = min(FIXED, key=lambda name: median(name, "p99_ms"))
@@ -173,7 +202,16 @@ def compare(points: Sequence[Point], seed: int = 0) -> list[Comparison]:
         p99, p99_ci = _median_ratio_ci(
             [p.p99_ms for p in runs[AUTO]], [p.p99_ms for p in runs[tight]], rng
         )
-        rows.append(Comparison(mode, level, fast, rate, rate_ci, tight, p99, p99_ci))
+        aa: dict[str, Any] = {}
+        if runs.get(TWIN):
+            for key, field in (("throughput", "throughput"), ("p99", "p99_ms")):
+                ratio, ci = _median_ratio_ci(
+                    [getattr(p, field) for p in runs[TWIN]],
+                    [getattr(p, field) for p in runs[TWIN_OF]],
+                    rng,
+                )
+                aa[f"aa_{key}_ratio"], aa[f"aa_{key}_ci"] = ratio, ci
+        rows.append(Comparison(mode, level, fast, rate, rate_ci, tight, p99, p99_ci, **aa))
     rows.sort(key=lambda r: (r.mode, r.level))
     return rows
 
@@ -193,6 +231,10 @@ async def _measure_model(
     samples = workload.samples(64, s.seed)
     options = Options(auto_batch_size=0, auto_batch_timeout_ms=0, profile_budget=s.profile_budget_s)
     specs = [c for c in CONTENDERS if c.name in STRATEGIES]
+    twin_of = next(c for c in specs if c.name == TWIN_OF)
+    specs.append(
+        ContenderSpec(TWIN, twin_of.kind, f"{twin_of.description}: A/A control", twin_of.config)
+    )
     points: list[Point] = []
     async with contextlib.AsyncExitStack() as stack:
         live = []
@@ -265,7 +307,9 @@ def _markdown(results: dict[str, Any]) -> str:
         "point (throughput: higher is better; p99: lower is better), with a bootstrap 95 % "
         f"interval. Verdicts: *level* within {THROUGHPUT_TOLERANCE:.0%} (throughput) or "
         f"{P99_TOLERANCE:.0%} (p99); *ahead*/*behind* beyond that; *noise* when behind but "
-        "the interval still reaches parity.",
+        "the interval still reaches parity, or by no more than the A/A band: the farther end "
+        "of the interval of an identical second decompose batcher's ratio to the first, run "
+        "in the same rounds (how far two equal contenders stray at that point).",
         "",
     ]
     for name, model in results["models"].items():
@@ -275,9 +319,9 @@ def _markdown(results: dict[str, Any]) -> str:
             f"Best closed-loop throughput (the open-loop scale): {model['capacity']:,.0f} "
             "samples/s. " + _cost_line(model),
             "",
-            "| load | decompose /s | pad /s | auto /s | auto/best | verdict "
-            "| decompose p99 ms | pad p99 ms | auto p99 ms | auto/best | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| load | decompose /s | pad /s | auto /s | auto/best | A/A | verdict "
+            "| decompose p99 ms | pad p99 ms | auto p99 ms | auto/best | A/A | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         med = {
             (n, m, k): _medians(model, n, m, k)
@@ -293,12 +337,20 @@ def _markdown(results: dict[str, Any]) -> str:
             rci, pci = c["throughput_ci"], c["p99_ci"]
             lines.append(
                 f"| {where} | {' | '.join(rate)} | {c['throughput_ratio']:.3f} "
-                f"[{rci[0]:.2f}, {rci[1]:.2f}] | {c['throughput_verdict']} | {' | '.join(p99)} "
-                f"| {c['p99_ratio']:.3f} [{pci[0]:.2f}, {pci[1]:.2f}] | {c['p99_verdict']} |"
+                f"[{rci[0]:.2f}, {rci[1]:.2f}] | {_band_text(c.get('aa_throughput_ci'))} "
+                f"| {c['throughput_verdict']} | {' | '.join(p99)} "
+                f"| {c['p99_ratio']:.3f} [{pci[0]:.2f}, {pci[1]:.2f}] "
+                f"| {_band_text(c.get('aa_p99_ci'))} | {c['p99_verdict']} |"
             )
         lines.append("")
     lines += ["## Summary", "", *summary_lines(results), ""]
     return "\n".join(lines)
+
+
+def _band_text(ci: list[float] | None) -> str:
+    if ci is None:
+        return "-"
+    return f"±{_aa_band((ci[0], ci[1])) - 1:.0%}"
 
 
 def _cost_line(model: dict[str, Any]) -> str:
@@ -389,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     s = QUICK if args.quick else FULL
     if args.rounds:
         s = dataclasses.replace(s, rounds=args.rounds)
-    per_model = (len(s.callers) + len(s.load_factors)) * s.rounds * len(STRATEGIES)
+    per_model = (len(s.callers) + len(s.load_factors)) * s.rounds * len(CONTENDER_NAMES)
     progress = Progress(
         per_model * len(args.models), per_model * len(args.models) * _point_seconds(s)
     )

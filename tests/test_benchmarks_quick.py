@@ -112,7 +112,9 @@ def test_strategy_comparison_runs_every_strategy_in_rounds(tmp_path: Path) -> No
         levels = {("closed", float(c)) for c in settings["callers"]} | {
             ("open", f) for f in settings["load_factors"]
         }
-        for strategy in ("batcher-decompose", "batcher-pad", "batcher-auto"):
+        # The three strategies and the A/A control, an identical second decompose batcher.
+        contenders = ("batcher-decompose", "batcher-pad", "batcher-auto", "batcher-decompose-twin")
+        for strategy in contenders:
             runs = [p for p in model["points"] if p["contender"] == strategy]
             # Every load point, once per round.
             assert len(runs) == len(levels) * settings["rounds"], (name, strategy)
@@ -124,3 +126,21 @@ def test_strategy_comparison_runs_every_strategy_in_rounds(tmp_path: Path) -> No
             assert 0 < low <= high
             assert row["throughput_verdict"] in ("ahead", "level", "noise", "behind")
             assert row["p99_verdict"] in ("ahead", "level", "noise", "behind")
+            for key in ("aa_throughput", "aa_p99"):
+                low, high = row[f"{key}_ci"]
+                assert 0 < low <= high, (name, key)
+                assert _positive(row[f"{key}_ratio"]), (name, key)
+
+
+def test_a_gap_no_wider_than_the_aa_control_is_noise_not_behind() -> None:
+    from benchmarks.strategies import _aa_band, _verdict
+
+    # auto at 0.8x throughput, its interval excluding parity: behind without a control...
+    assert _verdict(0.8, (0.7, 0.9), 0.05, True) == "behind"
+    # ...but noise where two identical contenders strayed as far (A/A interval 0.75-1.1).
+    assert _verdict(0.8, (0.7, 0.9), 0.05, True, _aa_band((0.75, 1.1))) == "noise"
+    assert _verdict(0.8, (0.7, 0.9), 0.05, True, _aa_band((0.9, 1.1))) == "behind"
+    # p99 (lower is better) reads the band the same way: a factor either way.
+    assert _verdict(1.3, (1.2, 1.4), 0.10, False, _aa_band((0.8, 1.35))) == "noise"
+    assert _verdict(1.3, (1.2, 1.4), 0.10, False, _aa_band((0.9, 1.2))) == "behind"
+    assert _aa_band(None) == 1.0

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batcher import Chunk, estimated_time, plan, plan_chunks, plan_cost_based, plan_padded
+from batcher import Chunk, _planner, estimated_time, plan, plan_chunks, plan_cost_based, plan_padded
 
 SIZE_SETS = [(1,), (1, 2), (1, 2, 4, 8), (1, 2, 4, 8, 16, 32), (1, 3, 4), (1, 5, 8), (1, 6, 7, 9)]
 
@@ -209,3 +212,39 @@ def test_every_strategy_covers_n_and_auto_is_never_worse(
         assert covers_exactly(decomposed, n, sizes)
         best_fixed = min(best_fixed, estimate(decomposed))
     assert estimate(auto) <= best_fixed + 1e-12
+
+
+@given(sizes=size_sets, n=st.integers(1, 80), slots=st.integers(1, 4), data=st.data())
+def test_leaving_out_sizes_above_the_one_that_holds_n_never_changes_the_plan(
+    sizes: tuple[int, ...], n: int, slots: int, data: st.DataObject
+) -> None:
+    """With costs that never fall as size grows, the planner skips coverings with sizes
+    bigger than needed; they can never win, so planning with them gives the same plan."""
+    steps = [data.draw(st.floats(0.0, 0.5)) for _ in sizes]
+    costs = {s: 1e-3 + sum(steps[: i + 1]) for i, s in enumerate(sizes)}
+    shared = {s: c * data.draw(st.floats(1.0, float(slots))) for s, c in costs.items()}
+    for size, bigger in itertools.pairwise(sizes):
+        shared[bigger] = max(shared[bigger], shared[size])
+    overhead = data.draw(st.sampled_from((0.0, 1e-4, 1e-2)))
+    margin = data.draw(st.sampled_from((0.0, 0.1, 0.5)))
+    trimmed = plan_cost_based(n, sizes, costs, slots, overhead, shared, margin)
+    with _every_candidate():
+        full = plan_cost_based(n, sizes, costs, slots, overhead, shared, margin)
+    assert trimmed == full
+
+
+@contextlib.contextmanager
+def _every_candidate() -> Iterator[None]:
+    """The planner as if costs were not known to grow with size: every size cap tried."""
+    real = _planner._mixed_candidates
+
+    def every_cap(
+        n: int, sizes: tuple[int, ...], per_chunk: tuple[float, ...], monotone: bool
+    ) -> tuple[tuple[Chunk, ...], ...]:
+        return real(n, sizes, per_chunk, False)
+
+    _planner._mixed_candidates = every_cap
+    try:
+        yield
+    finally:
+        _planner._mixed_candidates = real
