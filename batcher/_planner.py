@@ -247,8 +247,9 @@ def plan_cost_based(
     fixed_bound = min(estimate(chunks) for chunks in fixed)
     # The second bound of estimated_time, times the slots, is what the coverings minimise.
     per_chunk = tuple(loaded[size] + overhead * max(slots, 1) for size in sizes)
-    idle = tuple(costs[size] for size in sizes)
-    monotone = all(a <= b for row in (per_chunk, idle) for a, b in itertools.pairwise(row))
+    monotone = all(
+        table[a] <= table[b] for table in (costs, loaded) for a, b in itertools.pairwise(sizes)
+    )
     candidates = fixed + list(_mixed_candidates(n, sizes, per_chunk, monotone))
     estimates = [estimate(chunks) for chunks in candidates]
     fastest = min(estimates)

@@ -2,8 +2,8 @@
 
 One run of a load point moves by 10-20 % on a shared 2-core machine, more than the
 differences between planning strategies. So each load point is measured in several rounds;
-within a round the three strategies run back to back, in an order that rotates from round
-to round, so a change in the machine's load hits them alike. A point's figure is the median
+within a round the contenders run back to back, in an order that rotates from round to
+round, so a change in the machine's load hits them alike. A point's figure is the median
 over rounds, and the ratio ``auto`` / better-of-the-other-two comes with a bootstrap 95 %
 interval, so "within noise" is a measured statement rather than a guess.
 
@@ -14,11 +14,14 @@ already shed load; shed arrivals are recorded with each point.
 The best fixed strategy at a point is picked from the same rounds it is compared with,
 which leans the ratios slightly towards "behind".
 
-Whether a gap is noise is measured, not assumed: an A/A control, a second ``decompose``
-batcher identical to the first, runs in every round beside the others. Its ratio to its
-twin says how far two identical contenders stray at that point; ``auto`` counts as behind
-only when it trails by more than that, by more than the tolerance, and with a confidence
-interval that excludes parity.
+Bootstrap intervals over a handful of rounds are too narrow, so an A/A control checks
+them: a second ``decompose`` batcher, identical to the first, runs in every round beside
+the others. Its ratio to its twin says how far two identical contenders stray at that
+point (the A/A band), and the report counts how often the control's own interval would
+have called identical contenders different. A gap beyond the tolerance is *ahead* or
+*behind* only when ``auto``'s interval excludes parity and the gap is wider than the A/A
+band; a gap whose interval excludes parity but is no wider than the band is reported
+apart, as *noise (A/A)*, so a reader can see every point that depends on the control.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import statistics
 import sys
 from collections.abc import Sequence
@@ -55,7 +59,7 @@ AUTO = STRATEGIES[2]
 TWIN = "batcher-decompose-twin"
 TWIN_OF = "batcher-decompose"
 CONTENDER_NAMES = (*STRATEGIES, TWIN)
-#: Where auto may trail the better fixed strategy's median and still count as level.
+#: Where auto's median may differ from the better fixed strategy's and still count as level.
 THROUGHPUT_TOLERANCE = 0.05
 P99_TOLERANCE = 0.10
 BOOTSTRAP_RESAMPLES = 2000
@@ -76,7 +80,8 @@ class StrategySettings:
 
 
 FULL = StrategySettings(
-    rounds=7,
+    # A multiple of the four contenders, so that each takes every place in the order alike.
+    rounds=8,
     warmup_s=0.2,
     window_s=1.0,
     callers=(1, 2, 4, 8, 16, 32, 64, 256),
@@ -138,28 +143,46 @@ class Comparison:
         return data
 
 
+VERDICTS = ("ahead", "level", "noise", "noise (A/A)", "behind")
+
+
 def _aa_band(ci: tuple[float, float] | None) -> float:
     """How far (a factor >= 1, either way) two identical contenders' ratio may stray: the
     farther end of the A/A control's interval. 1 when there was no control."""
     if ci is None:
         return 1.0
+    if ci[0] <= 0:
+        return math.inf  # one twin measured nothing: the control bounds nothing
     return max(ci[1], 1.0 / ci[0], 1.0)
 
 
 def _verdict(
     ratio: float, ci: tuple[float, float], tolerance: float, higher: bool, band: float = 1.0
 ) -> str:
-    """``level`` within tolerance; ``noise`` when the interval still reaches parity or the
-    gap is no wider than the A/A ``band``, else ``behind``; ``ahead`` when auto is better
-    beyond the tolerance."""
+    """``level`` within tolerance. Beyond it, either way: ``noise`` when the interval still
+    reaches parity, ``noise (A/A)`` when it does not but the gap is no wider than the A/A
+    ``band``, else ``ahead`` or ``behind``."""
     gain = ratio - 1.0 if higher else 1.0 - ratio
-    if gain > tolerance:
-        return "ahead"
-    if gain >= -tolerance:
+    if -tolerance <= gain <= tolerance:
         return "level"
-    reaches_parity = ci[1] >= 1.0 if higher else ci[0] <= 1.0
-    within_aa = (1.0 / ratio if higher else ratio) <= band
-    return "noise" if reaches_parity or within_aa else "behind"
+    if ci[0] <= 1.0 <= ci[1]:
+        return "noise"
+    if ratio <= 0 or math.isinf(ratio):
+        return "ahead" if (ratio > 0) == higher else "behind"  # one side measured nothing
+    if max(ratio, 1.0 / ratio) <= band:
+        return "noise (A/A)"
+    return "ahead" if gain > 0 else "behind"
+
+
+def _aa_misfires(comparisons: Sequence[dict[str, Any]], key: str, tolerance: float) -> int:
+    """Points where the control's own interval excludes parity and its ratio is beyond the
+    tolerance: where the interval alone would call two identical contenders different."""
+    count = 0
+    for c in comparisons:
+        ratio, ci = c.get(f"aa_{key}_ratio"), c.get(f"aa_{key}_ci")
+        if ratio is not None and ci is not None:
+            count += abs(ratio - 1.0) > tolerance and not ci[0] <= 1.0 <= ci[1]
+    return count
 
 
 def _median_ratio_ci(
@@ -219,7 +242,7 @@ def compare(points: Sequence[Point], seed: int = 0) -> list[Comparison]:
 def _line(p: Point, round_: int) -> str:
     where = f"C={p.level:g}" if p.mode == "closed" else f"{p.level:g}x"
     return (
-        f"{p.model:<4} round {round_} {p.contender:<17} {p.mode:<6} {where:<6} "
+        f"{p.model:<4} round {round_} {p.contender:<22} {p.mode:<6} {where:<6} "
         f"{p.throughput:>8,.0f}/s  p50 {p.p50_ms:7.3f} ms  p99 {p.p99_ms:7.3f} ms  "
         f"chunk {p.mean_chunk_size or 0:.1f}" + (f"  shed {p.dropped}" if p.dropped else "")
     )
@@ -306,10 +329,12 @@ def _markdown(results: dict[str, Any]) -> str:
         "are medians over rounds. Ratios are auto / the better of decompose and pad at that "
         "point (throughput: higher is better; p99: lower is better), with a bootstrap 95 % "
         f"interval. Verdicts: *level* within {THROUGHPUT_TOLERANCE:.0%} (throughput) or "
-        f"{P99_TOLERANCE:.0%} (p99); *ahead*/*behind* beyond that; *noise* when behind but "
-        "the interval still reaches parity, or by no more than the A/A band: the farther end "
-        "of the interval of an identical second decompose batcher's ratio to the first, run "
-        "in the same rounds (how far two equal contenders stray at that point).",
+        f"{P99_TOLERANCE:.0%} (p99). Beyond that, either way: *noise* when the interval still "
+        "reaches parity; *noise (A/A)* when it does not, but the gap is no wider than the A/A "
+        "band; else *ahead* or *behind*. The A/A band is the farther end of the interval of "
+        "an A/A control's ratio to its twin: a second decompose batcher, identical to the "
+        "first, run in the same rounds. It shows how far two equal contenders stray at that "
+        "point.",
         "",
     ]
     for name, model in results["models"].items():
@@ -350,7 +375,7 @@ def _markdown(results: dict[str, Any]) -> str:
 def _band_text(ci: list[float] | None) -> str:
     if ci is None:
         return "-"
-    return f"±{_aa_band((ci[0], ci[1])) - 1:.0%}"
+    return f"x{_aa_band((ci[0], ci[1])):.2f}"
 
 
 def _cost_line(model: dict[str, Any]) -> str:
@@ -364,19 +389,24 @@ def _cost_line(model: dict[str, Any]) -> str:
 
 
 def summary_lines(results: dict[str, Any]) -> list[str]:
-    """Per model: how many points auto is level/ahead/noise/behind on each figure."""
+    """Per model and figure: how many points auto is at each verdict, and how often the
+    A/A control's own interval called two identical contenders different."""
     out = []
     for name, model in results["models"].items():
-        for key in ("throughput", "p99"):
-            verdicts = [c[f"{key}_verdict"] for c in model["comparisons"]]
-            counts = ", ".join(
-                f"{v} {verdicts.count(v)}" for v in ("ahead", "level", "noise", "behind")
-            )
-            ratios = [c[f"{key}_ratio"] for c in model["comparisons"]]
+        comparisons = model["comparisons"]
+        for key, tolerance in (("throughput", THROUGHPUT_TOLERANCE), ("p99", P99_TOLERANCE)):
+            verdicts = [c[f"{key}_verdict"] for c in comparisons]
+            counts = ", ".join(f"{v} {verdicts.count(v)}" for v in VERDICTS)
+            ratios = [c[f"{key}_ratio"] for c in comparisons]
             worst = min(ratios) if key == "throughput" else max(ratios)
-            out.append(
-                f"- {name} {key}: {counts} of {len(verdicts)} points; worst ratio {worst:.3f}."
-            )
+            line = f"- {name} {key}: {counts} of {len(verdicts)} points; worst ratio {worst:.3f}"
+            if any(c.get(f"aa_{key}_ci") for c in comparisons):
+                misfires = _aa_misfires(comparisons, key, tolerance)
+                line += (
+                    f"; the A/A control's own interval excluded parity beyond the tolerance "
+                    f"at {misfires} of {len(comparisons)} points"
+                )
+            out.append(line + ".")
     return out
 
 

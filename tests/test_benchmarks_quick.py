@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+VERDICTS = ("ahead", "level", "noise", "noise (A/A)", "behind")
 RATE_AND_LATENCY = ("offered_rate", "throughput", "p50_ms", "p95_ms", "p99_ms")
 
 
@@ -124,23 +125,35 @@ def test_strategy_comparison_runs_every_strategy_in_rounds(tmp_path: Path) -> No
         for row in model["comparisons"]:
             low, high = row["throughput_ci"]
             assert 0 < low <= high
-            assert row["throughput_verdict"] in ("ahead", "level", "noise", "behind")
-            assert row["p99_verdict"] in ("ahead", "level", "noise", "behind")
+            assert row["throughput_verdict"] in VERDICTS
+            assert row["p99_verdict"] in VERDICTS
             for key in ("aa_throughput", "aa_p99"):
                 low, high = row[f"{key}_ci"]
                 assert 0 < low <= high, (name, key)
                 assert _positive(row[f"{key}_ratio"]), (name, key)
 
 
-def test_a_gap_no_wider_than_the_aa_control_is_noise_not_behind() -> None:
+def test_verdicts_need_a_gap_beyond_tolerance_interval_and_aa_band_either_way() -> None:
     from benchmarks.strategies import _aa_band, _verdict
 
-    # auto at 0.8x throughput, its interval excluding parity: behind without a control...
+    # Within the tolerance: level, whatever the interval.
+    assert _verdict(0.97, (0.5, 0.99), 0.05, True) == "level"
+    # auto at 0.8x throughput: noise while its interval reaches parity...
+    assert _verdict(0.8, (0.7, 1.01), 0.05, True) == "noise"
+    # ...behind once it does not, with no control or a narrow A/A band...
     assert _verdict(0.8, (0.7, 0.9), 0.05, True) == "behind"
-    # ...but noise where two identical contenders strayed as far (A/A interval 0.75-1.1).
-    assert _verdict(0.8, (0.7, 0.9), 0.05, True, _aa_band((0.75, 1.1))) == "noise"
     assert _verdict(0.8, (0.7, 0.9), 0.05, True, _aa_band((0.9, 1.1))) == "behind"
-    # p99 (lower is better) reads the band the same way: a factor either way.
-    assert _verdict(1.3, (1.2, 1.4), 0.10, False, _aa_band((0.8, 1.35))) == "noise"
+    # ...and reported apart where two identical contenders strayed as far (0.75-1.1).
+    assert _verdict(0.8, (0.7, 0.9), 0.05, True, _aa_band((0.75, 1.1))) == "noise (A/A)"
+    # Gains take the same test: a gain whose interval reaches parity is noise, not ahead.
+    assert _verdict(1.2, (0.98, 1.4), 0.05, True) == "noise"
+    assert _verdict(1.2, (1.1, 1.4), 0.05, True, _aa_band((0.8, 1.3))) == "noise (A/A)"
+    assert _verdict(1.2, (1.1, 1.4), 0.05, True, _aa_band((0.9, 1.1))) == "ahead"
+    # p99 (lower is better) reads ratios the other way and the band as a factor either way.
+    assert _verdict(1.3, (1.2, 1.4), 0.10, False, _aa_band((0.8, 1.35))) == "noise (A/A)"
     assert _verdict(1.3, (1.2, 1.4), 0.10, False, _aa_band((0.9, 1.2))) == "behind"
+    assert _verdict(0.7, (0.6, 0.8), 0.10, False, _aa_band((0.9, 1.2))) == "ahead"
+    # A contender that measured nothing: throughput 0 is behind; a twin at 0 bounds nothing.
+    assert _verdict(0.0, (0.0, 0.0), 0.05, True) == "behind"
+    assert _aa_band((0.0, 1.0)) == float("inf")
     assert _aa_band(None) == 1.0
