@@ -14,7 +14,7 @@ already shed load; shed arrivals are recorded with each point.
 The best fixed strategy at a point is picked from the same rounds it is compared with,
 which leans the ratios slightly towards "behind".
 
-Bootstrap intervals over a handful of rounds are too narrow, so an A/A control checks
+Bootstrap intervals over a handful of rounds may be too narrow, so an A/A control checks
 them: a second ``decompose`` batcher, identical to the first, runs in every round beside
 the others. Its ratio to its twin says how far two identical contenders stray at that
 point (the A/A band), and the report counts how often the control's own interval would
