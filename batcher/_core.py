@@ -39,6 +39,11 @@ Output = npt.NDArray[Any] | dict[str, npt.NDArray[Any]]
 # Chunk timings move the cost table a little each time; re-deriving plans on every move would
 # cost more than it saves, so drift is checked once per this many finished chunks.
 _DRIFT_CHECK_EVERY = 64
+# The arrival rate re-derives plans only when it moves this much (a fraction): plans
+# depend on it only through whether a sample arrives before a plan ends.
+_ARRIVAL_TOLERANCE = 0.25
+# A window with (almost) no time with every slot busy says little about arrivals then.
+_MIN_BUSY_SECONDS = 1e-3
 _OVERHEAD_RUNS = 31
 _MIN_OVERHEAD = 20e-6
 
@@ -91,6 +96,12 @@ class Batcher:
         self._live_costs: LiveCosts | None = None
         self._plan_costs = CostTable({1: 1.0})
         self._chunks_since_drift_check = 0
+        # Samples per second that arrive while every slot is busy, measured over the chunks
+        # between drift checks, and what that rate is built from.
+        self._arrival_rate = 0.0
+        self._arrivals_while_busy = 0
+        self._all_busy_since = 0.0
+        self._all_busy_seconds = 0.0
         # Tests inject faults or hold chunks through this; it runs in a waiter thread.
         self._chunk_hook: ChunkHook | None = None
         # Arrival times matter only to max_delay; otherwise the hot path skips the clock.
@@ -342,6 +353,8 @@ class Batcher:
         request = Request(inputs, priority, now, deadline, self._make_signal())
         self._queue.push(request)
         self._submitted += 1
+        if not self._free_slots:
+            self._arrivals_while_busy += 1
         self._wakeup.set()
         try:
             if deadline == math.inf:
@@ -477,7 +490,14 @@ class Batcher:
             if self._plans_by_cost:
                 table = self._plan_costs
                 chunks = plan(
-                    n, engine.sizes, "auto", table.seconds, free, table.overhead, table.shared
+                    n,
+                    engine.sizes,
+                    "auto",
+                    table.seconds,
+                    free,
+                    table.overhead,
+                    table.shared,
+                    arrivals=self._arrival_rate,
                 )
             else:
                 strategy = "decompose" if self._config.dynamic else self._config.strategy
@@ -528,6 +548,8 @@ class Batcher:
         flight = Flight(chunk, members, slot)
         busy = bool(self._flights) or self._queue.depth > 0
         self._free_slots -= 1
+        if not self._free_slots and self._plans_by_cost:
+            self._all_busy_since = time.perf_counter()
         for other in self._flights:
             other.shared = flight.shared = True
         self._flights.add(flight)
@@ -565,6 +587,8 @@ class Batcher:
         chunk = flight.chunk
         engine.release(chunk.size, flight.slot)
         self._flights.discard(flight)
+        if not self._free_slots and self._plans_by_cost:
+            self._all_busy_seconds += time.perf_counter() - self._all_busy_since
         self._free_slots += 1
         self._chunks_per_size[chunk.size] += 1
         self._samples_per_size[chunk.size] += chunk.samples
@@ -626,7 +650,15 @@ class Batcher:
         self._chunks_since_drift_check += 1
         if self._chunks_since_drift_check >= _DRIFT_CHECK_EVERY:
             self._chunks_since_drift_check = 0
-            if live.drifted:
+            rate = self._arrivals_while_busy / max(self._all_busy_seconds, _MIN_BUSY_SECONDS)
+            self._arrivals_while_busy = 0
+            self._all_busy_seconds = 0.0
+            moved = abs(rate - self._arrival_rate) > _ARRIVAL_TOLERANCE * max(
+                rate, self._arrival_rate
+            )
+            if moved:
+                self._arrival_rate = rate
+            if live.drifted or moved:
                 self._plan_with(live.mark_planned())
 
 

@@ -212,6 +212,7 @@ def plan_cost_based(
     overhead: float = 0.0,
     shared: Mapping[int, float] | None = None,
     margin: float = DEFAULT_MARGIN,
+    arrivals: float = 0.0,
 ) -> tuple[Chunk, ...]:
     """A fast plan under :func:`estimated_time`, mixing splitting and padding freely.
 
@@ -223,6 +224,14 @@ def plan_cost_based(
     strategy, and a measured table's noise (several percent between sizes on a busy
     machine) cannot buy extra chunks, whose host cost is the least certain part of the
     estimate, for a gain it cannot show.
+
+    ``arrivals`` is how many samples per second arrive while every slot is busy. When at
+    least one is expected before the fewest-chunks plan would finish, samples are coming
+    as an open stream, and that plan is the answer: a wider split takes the slot the next
+    arrival needs, and padding spends device time the stream needs (measured: in every
+    run, ``decompose`` had the best p99 at moderate open-loop load, ``auto`` 1.2-1.5x
+    that). Callers that wait for their results (a closed loop) do not arrive while every
+    slot is busy with their own samples, so their groups are still split and padded.
     """
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must be within [0, 1), got {margin!r}")
@@ -243,7 +252,10 @@ def plan_cost_based(
     fixed: list[tuple[Chunk, ...]] = [plan_padded(n, sizes)]
     # Without 1 among the sizes there may be no exact split; padding plans still cover n.
     with contextlib.suppress(ValueError):
-        fixed.append(tuple(Chunk(s, s) for s in plan_chunks(n, sizes)))
+        fewest = tuple(Chunk(s, s) for s in plan_chunks(n, sizes))
+        if arrivals * estimate(fewest) >= 1.0:
+            return fewest
+        fixed.append(fewest)
     fixed_bound = min(estimate(chunks) for chunks in fixed)
     # The second bound of estimated_time, times the slots, is what the coverings minimise.
     per_chunk = tuple(loaded[size] + overhead * max(slots, 1) for size in sizes)
@@ -271,14 +283,15 @@ def plan(
     overhead: float = 0.0,
     shared: Mapping[int, float] | None = None,
     margin: float = DEFAULT_MARGIN,
+    arrivals: float = 0.0,
 ) -> tuple[Chunk, ...]:
     """Plan ``n`` samples with a named strategy: ``"decompose"``, ``"pad"`` or ``"auto"``.
 
     ``"auto"`` needs ``costs`` (seconds per inference of each size on an idle device), the
     number of free device ``slots``, the host ``overhead`` per chunk and optionally the
     ``shared`` seconds per inference while other slots are busy (see
-    :func:`estimated_time`) and the ``margin`` of noise it tolerates (see
-    :func:`plan_cost_based`).
+    :func:`estimated_time`), the ``margin`` of noise it tolerates and the ``arrivals`` per
+    second expected while every slot is busy (see :func:`plan_cost_based`).
     """
     if strategy == "decompose":
         return tuple(Chunk(s, s) for s in plan_chunks(n, batch_sizes))
@@ -287,5 +300,5 @@ def plan(
     if strategy == "auto":
         if costs is None:
             raise ValueError('strategy "auto" needs costs (seconds per inference of each size)')
-        return plan_cost_based(n, batch_sizes, costs, slots, overhead, shared, margin)
+        return plan_cost_based(n, batch_sizes, costs, slots, overhead, shared, margin, arrivals)
     raise ValueError(f'strategy must be one of "decompose", "pad", "auto", got {strategy!r}')
