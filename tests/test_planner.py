@@ -140,6 +140,27 @@ def test_auto_takes_fewer_chunks_among_plans_within_the_margin_of_the_fastest() 
     assert chunks == (Chunk(8, 8), Chunk(8, 8))
 
 
+def test_an_open_stream_gets_the_fewest_chunks_plan() -> None:
+    # 4+4 on both free slots beats one 8-row chunk by half. But at 1 sample per unit of
+    # time, one arrives before the 8 would finish: samples come as a stream, and the
+    # fewest-chunks plan leaves the other slot to it.
+    costs = {1: 1.0, 4: 4.0, 8: 8.0}
+    split = (Chunk(4, 4), Chunk(4, 4))
+    assert plan(8, (1, 4, 8), "auto", costs, slots=2) == split
+    assert plan(8, (1, 4, 8), "auto", costs, slots=2, arrivals=1.0) == (Chunk(8, 8),)
+    # Nor does it pad for a stream: 7 rows are 4+1+1+1 there, not one padded 8.
+    padded_costs = {1: 1.0, 4: 1.2, 8: 1.4}
+    assert plan(7, (1, 4, 8), "auto", padded_costs, slots=1) == (Chunk(8, 7),)
+    assert plan(7, (1, 4, 8), "auto", padded_costs, slots=1, arrivals=10.0) == (
+        Chunk(4, 4),
+        Chunk(1, 1),
+        Chunk(1, 1),
+        Chunk(1, 1),
+    )
+    # Arrivals too rare to come before the plan ends (one per 100) change nothing.
+    assert plan(8, (1, 4, 8), "auto", costs, slots=2, arrivals=0.01) == split
+
+
 def test_plan_rejects_unknown_strategies_and_missing_costs() -> None:
     with pytest.raises(ValueError, match="strategy must be one of"):
         plan(3, (1, 2), "greedy")
@@ -198,18 +219,24 @@ def test_every_strategy_covers_n_and_auto_is_never_worse(
     shared = {s: c * data.draw(st.floats(1.0, float(slots))) for s, c in costs.items()}
     overhead = data.draw(st.sampled_from((0.0, 1e-4, 1e-2)))
     margin = data.draw(st.sampled_from((0.0, 0.1, 0.5)))
+    # Samples per second arriving while every slot is busy: none, rare, an open stream.
+    arrivals = data.draw(st.sampled_from((0.0, 1.0, 1e4)))
 
     def estimate(chunks: tuple[Chunk, ...]) -> float:
         return estimated_time(chunks, costs, slots, overhead, shared)
 
     padded = plan_padded(n, sizes)
-    auto = plan_cost_based(n, sizes, costs, slots, overhead, shared, margin)
+    auto = plan_cost_based(n, sizes, costs, slots, overhead, shared, margin, arrivals)
     assert covers_exactly(padded, n, sizes)
     assert covers_exactly(auto, n, sizes)
     best_fixed = estimate(padded)
     if brute_force_cached(n, sizes) is not None:
         decomposed = plan(n, sizes, "decompose")
         assert covers_exactly(decomposed, n, sizes)
+        if n and arrivals * estimate(decomposed) >= 1.0:
+            # An open stream: the fewest-chunks plan itself, never worse than decompose.
+            assert auto == decomposed
+            return
         best_fixed = min(best_fixed, estimate(decomposed))
     assert estimate(auto) <= best_fixed + 1e-12
 
