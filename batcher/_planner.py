@@ -253,7 +253,7 @@ def plan_cost_based(
     # Without 1 among the sizes there may be no exact split; padding plans still cover n.
     with contextlib.suppress(ValueError):
         fewest = tuple(Chunk(s, s) for s in plan_chunks(n, sizes))
-        if arrivals * estimate(fewest) >= 1.0:
+        if arrivals and arrivals * estimate(fewest) >= 1.0:
             return fewest
         fixed.append(fewest)
     fixed_bound = min(estimate(chunks) for chunks in fixed)

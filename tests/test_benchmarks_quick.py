@@ -24,18 +24,24 @@ def _positive(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
-    out = tmp_path_factory.mktemp("bench")
+def _run_quick(module: str, out: Path) -> str:
+    """Run ``python -m module --quick`` into ``out``; its stdout, once it has succeeded."""
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        [sys.executable, "-m", module, "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "ETA" in done.stdout  # progress lines, one per measurement
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    stdout = _run_quick("benchmarks", out)
+    assert "ETA" in stdout  # progress lines, one per measurement
     return json.loads((out / "results.json").read_text()), out
 
 
@@ -96,14 +102,7 @@ def test_targets_and_overhead(results: tuple[dict[str, Any], Path]) -> None:
 
 
 def test_strategy_comparison_runs_every_strategy_in_rounds(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.strategies", "--quick", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _run_quick("benchmarks.strategies", tmp_path)
     data = json.loads((tmp_path / "strategies.json").read_text())
     assert (tmp_path / "strategies.md").read_text().startswith("# decompose vs pad vs auto")
     assert (tmp_path / "strategies.png").stat().st_size > 0
