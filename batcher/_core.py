@@ -19,6 +19,7 @@ import anyio.abc
 import numpy.typing as npt
 import openvino as ov
 
+from ._arrivals import ArrivalMeter
 from ._config import BatcherConfig
 from ._costs import CostTable, LiveCosts
 from ._errors import BatcherClosed, DeadlineExceeded, InferenceError, InvalidSample, QueueFull
@@ -42,8 +43,6 @@ _DRIFT_CHECK_EVERY = 64
 # The arrival rate re-derives plans only when it moves this much (a fraction): plans
 # depend on it only through whether a sample arrives before a plan ends.
 _ARRIVAL_TOLERANCE = 0.25
-# A window with (almost) no time with every slot busy says little about arrivals then.
-_MIN_BUSY_SECONDS = 1e-3
 _OVERHEAD_RUNS = 31
 _MIN_OVERHEAD = 20e-6
 
@@ -96,12 +95,9 @@ class Batcher:
         self._live_costs: LiveCosts | None = None
         self._plan_costs = CostTable({1: 1.0})
         self._chunks_since_drift_check = 0
-        # Samples per second that arrive while every slot is busy, measured over the chunks
-        # between drift checks, and what that rate is built from.
+        self._arrivals = ArrivalMeter()
+        # The arrival rate the current plans were made with.
         self._arrival_rate = 0.0
-        self._arrivals_while_busy = 0
-        self._all_busy_since = 0.0
-        self._all_busy_seconds = 0.0
         # Tests inject faults or hold chunks through this; it runs in a waiter thread.
         self._chunk_hook: ChunkHook | None = None
         # Arrival times matter only to max_delay; otherwise the hot path skips the clock.
@@ -301,6 +297,7 @@ class Batcher:
             compile_seconds=engine.compile_seconds if engine else 0.0,
             profile_seconds=engine.profile_seconds if engine else 0.0,
             cost_table=live.snapshot() if live is not None and self._plans_by_cost else None,
+            arrival_rate=self._arrivals.rate if self._plans_by_cost else None,
         )
 
     # ------------------------------------------------------------------ submitting
@@ -354,7 +351,7 @@ class Batcher:
         self._queue.push(request)
         self._submitted += 1
         if not self._free_slots:
-            self._arrivals_while_busy += 1
+            self._arrivals.arrived()
         self._wakeup.set()
         try:
             if deadline == math.inf:
@@ -549,7 +546,7 @@ class Batcher:
         busy = bool(self._flights) or self._queue.depth > 0
         self._free_slots -= 1
         if not self._free_slots and self._plans_by_cost:
-            self._all_busy_since = time.perf_counter()
+            self._arrivals.all_busy()
         for other in self._flights:
             other.shared = flight.shared = True
         self._flights.add(flight)
@@ -588,7 +585,7 @@ class Batcher:
         engine.release(chunk.size, flight.slot)
         self._flights.discard(flight)
         if not self._free_slots and self._plans_by_cost:
-            self._all_busy_seconds += time.perf_counter() - self._all_busy_since
+            self._arrivals.slot_freed()
         self._free_slots += 1
         self._chunks_per_size[chunk.size] += 1
         self._samples_per_size[chunk.size] += chunk.samples
@@ -650,9 +647,7 @@ class Batcher:
         self._chunks_since_drift_check += 1
         if self._chunks_since_drift_check >= _DRIFT_CHECK_EVERY:
             self._chunks_since_drift_check = 0
-            rate = self._arrivals_while_busy / max(self._all_busy_seconds, _MIN_BUSY_SECONDS)
-            self._arrivals_while_busy = 0
-            self._all_busy_seconds = 0.0
+            rate = self._arrivals.close_window()
             moved = abs(rate - self._arrival_rate) > _ARRIVAL_TOLERANCE * max(
                 rate, self._arrival_rate
             )

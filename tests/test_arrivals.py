@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import anyio
+import pytest
+from support import Caller, ChunkGate, rng_samples, settle
+
+import batcher._core
+from batcher import Batcher, BatcherConfig, models
+from batcher._arrivals import ArrivalMeter
+
+pytestmark = pytest.mark.anyio
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def busy_window(meter: ArrivalMeter, clock: ManualClock, seconds: float, arrivals: int) -> float:
+    """Every slot busy for ``seconds`` with ``arrivals`` samples coming meanwhile."""
+    meter.all_busy()
+    for _ in range(arrivals):
+        meter.arrived()
+    clock.now += seconds
+    meter.slot_freed()
+    return meter.close_window()
+
+
+def test_the_rate_is_arrivals_over_the_time_every_slot_was_busy() -> None:
+    clock = ManualClock()
+    meter = ArrivalMeter(clock)
+    assert busy_window(meter, clock, 0.010, 5) == pytest.approx(500.0)
+    assert meter.rate == pytest.approx(500.0)
+
+
+def test_a_moment_of_busy_time_is_no_evidence_of_a_flood_or_of_silence() -> None:
+    clock = ManualClock()
+    meter = ArrivalMeter(clock)
+    # One arrival in 0.1 ms would read as 10,000/s taken alone.
+    assert busy_window(meter, clock, 0.0001, 1) == 0.0
+    clock = ManualClock()
+    meter = ArrivalMeter(clock)
+    busy_window(meter, clock, 0.010, 5)
+    # No arrival in 0.1 ms would read as no stream taken alone.
+    assert busy_window(meter, clock, 0.0001, 0) > 450.0
+
+
+def test_windows_without_busy_time_leave_the_rate_as_it_was() -> None:
+    clock = ManualClock()
+    meter = ArrivalMeter(clock)
+    busy_window(meter, clock, 0.010, 5)
+    for _ in range(100):
+        assert meter.close_window() == pytest.approx(500.0)
+
+
+def test_busy_time_without_arrivals_brings_the_rate_down_within_a_few_windows() -> None:
+    clock = ManualClock()
+    meter = ArrivalMeter(clock)
+    busy_window(meter, clock, 0.010, 5)
+    rates = [busy_window(meter, clock, 0.010, 0) for _ in range(3)]
+    assert rates == sorted(rates, reverse=True)
+    assert rates[0] < 500.0
+    assert rates[1] < 100.0
+
+
+async def test_auto_measures_samples_that_arrive_while_every_slot_is_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batcher._core, "_DRIFT_CHECK_EVERY", 1)
+    clock = ManualClock()
+    gate = ChunkGate()
+    config = BatcherConfig(
+        batch_sizes=(1, 2, 4), strategy="auto", max_inflight_chunks=1, profile_budget=0.05
+    )
+    samples = rng_samples((16,), 4)
+    async with Batcher(models.mlp((16, 32, 8)), config) as b, anyio.create_task_group() as tg:
+        assert b.statistics().arrival_rate == 0.0
+        b._arrivals.clock = clock
+        b._chunk_hook = gate
+        callers = [Caller(b, sample) for sample in samples]
+        tg.start_soon(callers[0].run)
+        await settle()  # the only slot is busy with the first sample, held by the gate
+        for caller in callers[1:]:
+            tg.start_soon(caller.run)
+        await settle()
+        clock.now = 0.010
+        gate.open_all()
+    assert all(c.error is None for c in callers)
+    # 3 samples came in the 10 ms the slot was busy; the chunk that ran them took no time
+    # on the manual clock, so it adds no evidence either way.
+    assert b.statistics().arrival_rate == pytest.approx(300.0)
+
+
+async def test_callers_that_wait_for_their_results_bring_the_rate_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(batcher._core, "_DRIFT_CHECK_EVERY", 1)
+    clock = ManualClock()
+
+    def take_a_millisecond(chunk: object) -> None:
+        clock.now += 0.001
+
+    config = BatcherConfig(
+        batch_sizes=(1, 2, 4), strategy="auto", max_inflight_chunks=1, profile_budget=0.05
+    )
+    async with Batcher(models.mlp((16, 32, 8)), config) as b:
+        b._arrivals.clock = clock
+        b._arrivals.rate = 300.0  # as if a stream had just been seen
+        b._chunk_hook = take_a_millisecond
+        for sample in rng_samples((16,), 20):
+            await b.submit(sample)  # the slot is free again whenever the next one comes
+        stats = b.statistics()
+    assert stats.completed == 20
+    assert stats.arrival_rate == 0.0
+
+
+async def test_only_auto_reports_an_arrival_rate() -> None:
+    config = BatcherConfig(batch_sizes=(1, 2), strategy="decompose")
+    async with Batcher(models.mlp((16, 32, 8)), config) as b:
+        await b.submit(rng_samples((16,), 1)[0])
+    assert b.statistics().arrival_rate is None
