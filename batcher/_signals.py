@@ -95,17 +95,26 @@ class QueueRoom:
     """Free places in a bounded queue, handed to waiters first come, first served.
 
     Taking a place when one is free costs an integer decrement, not a checkpoint.
+    Withdrawing a waiter costs O(1) too: it is only marked, and skipped when its turn comes,
+    because timeouts withdraw waiters in bulk from a long line when a server is overloaded.
     """
 
-    __slots__ = ("_make_signal", "_waiters", "free")
+    __slots__ = ("_make_signal", "_waiters", "_withdrawn", "free")
 
     def __init__(self, size: int, make_signal: Callable[[], Signal]) -> None:
         self.free = size
         self._make_signal = make_signal
         self._waiters: deque[Signal] = deque()
+        # Waiters still in the line that no longer want a place.
+        self._withdrawn: set[Signal] = set()
+
+    @property
+    def waiting(self) -> int:
+        """Waiters still wanting a place."""
+        return len(self._waiters) - len(self._withdrawn)
 
     def try_take(self) -> bool:
-        if self.free > 0 and not self._waiters:
+        if self.free > 0 and not self.waiting:
             self.free -= 1
             return True
         return False
@@ -120,17 +129,32 @@ class QueueRoom:
         """Withdraw a waiter (cancelled or timed out); give back a place it already got."""
         if waiter.is_set():
             self.give_back()
-        else:
-            self._waiters.remove(waiter)
+            return
+        self._withdrawn.add(waiter)
+        # A line that only grows (a stuck device, callers timing out) must not keep every
+        # withdrawn waiter: rebuilding it when they are half costs O(1) per withdrawal.
+        if 2 * len(self._withdrawn) > len(self._waiters):
+            self._waiters = deque(w for w in self._waiters if w not in self._withdrawn)
+            self._withdrawn.clear()
+
+    def _next_waiter(self) -> Signal | None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if waiter in self._withdrawn:
+                self._withdrawn.discard(waiter)
+            else:
+                return waiter
+        return None
 
     def give_back(self) -> None:
-        if self._waiters:
-            self._waiters.popleft().set()
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set()
         else:
             self.free += 1
 
     def wake_all(self) -> None:
         """Hand every waiter a place so each can see the queue closed (and give it back)."""
-        while self._waiters:
+        while (waiter := self._next_waiter()) is not None:
             self.free -= 1
-            self._waiters.popleft().set()
+            waiter.set()
