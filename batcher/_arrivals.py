@@ -7,12 +7,17 @@ from collections.abc import Callable
 
 __all__ = ["ArrivalMeter"]
 
-# Each window's evidence keeps this weight for the next: recent windows count most, and
-# when a closed loop follows a stream (busy time, no arrivals) the rate halves per window.
-_CARRY = 0.5
-# Less busy time than this, even summed over recent windows, says nothing about arrivals
-# then: the rate stays what it was.
+# Evidence halves in weight for every this many seconds of newer busy time: the rate
+# covers about the last few tens of milliseconds with every slot busy, however long or
+# short the windows between plans are (64 chunks: under a millisecond of busy time at
+# light load, a second on a slow model at saturation).
+_HALF_LIFE_SECONDS = 0.02
+# Less busy time than this in the evidence says nothing about arrivals then: the rate
+# stays what it was.
 _MIN_BUSY_SECONDS = 1e-3
+# Fewer arrivals than this over the recent busy time are as good as none: the rate is then
+# exactly 0, where it would otherwise shrink at every window, re-deriving every plan.
+_LEAST_ARRIVALS = 0.5
 
 
 class ArrivalMeter:
@@ -20,17 +25,29 @@ class ArrivalMeter:
 
     Only those arrivals matter to planning: a sample that finds a free slot is planned
     with the others at once, one that comes while every slot is busy waits for a plan
-    already made. The owner counts them (:meth:`arrived`) and marks when every slot
-    becomes busy and when one frees up; :meth:`close_window` turns a window's counts into
-    a rate.
+    already made. The owner counts them (:meth:`arrived`), marks when every slot becomes
+    busy and when one frees up, and turns a window's counts into a rate with
+    :meth:`close_window`.
 
-    Arrivals and busy seconds are summed with older windows' (halved at each window)
-    before dividing, so a window weighs as much as the busy time it saw. Taken alone, a
-    window with a moment of busy time at light load and no arrival in it would read as
-    "no stream", and one with a single arrival in that moment as a flood.
+    The rate is arrivals over busy seconds, both summed over past windows with weights
+    that halve with every :data:`_HALF_LIFE_SECONDS` of newer busy time. So a window weighs
+    as much as the busy time it saw: taken alone, a window with a moment of busy time at
+    light load and no arrival in it would read as "no stream", and one with a single
+    arrival in that moment as a flood. Windows in which the slots are never all busy
+    change nothing: they say nothing about arrivals while every slot is busy. A rate left
+    over from a stream then only makes ``auto`` plan the fewest chunks, as ``decompose``
+    does.
     """
 
-    __slots__ = ("_arrivals", "_busy_seconds", "_busy_since", "clock", "rate")
+    __slots__ = (
+        "_arrivals",
+        "_busy_seconds",
+        "_busy_since",
+        "_window_arrivals",
+        "_window_busy_seconds",
+        "clock",
+        "rate",
+    )
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         #: Where busy time is read from; tests substitute a manual clock.
@@ -40,10 +57,12 @@ class ArrivalMeter:
         self._arrivals = 0.0
         self._busy_seconds = 0.0
         self._busy_since = 0.0
+        self._window_arrivals = 0
+        self._window_busy_seconds = 0.0
 
     def arrived(self) -> None:
         """A sample came while every slot was busy."""
-        self._arrivals += 1.0
+        self._window_arrivals += 1
 
     def all_busy(self) -> None:
         """The last free slot was just taken."""
@@ -51,12 +70,18 @@ class ArrivalMeter:
 
     def slot_freed(self) -> None:
         """A slot came free after every slot was busy."""
-        self._busy_seconds += self.clock() - self._busy_since
+        self._window_busy_seconds += self.clock() - self._busy_since
 
     def close_window(self) -> float:
         """Fold this window into the rate and start the next; returns the rate."""
+        busy = self._window_busy_seconds
+        kept = 0.5 ** (busy / _HALF_LIFE_SECONDS)
+        self._arrivals = self._arrivals * kept + self._window_arrivals
+        self._busy_seconds = self._busy_seconds * kept + busy
+        self._window_arrivals = 0
+        self._window_busy_seconds = 0.0
+        if self._arrivals < _LEAST_ARRIVALS:
+            self._arrivals = 0.0
         if self._busy_seconds >= _MIN_BUSY_SECONDS:
             self.rate = self._arrivals / self._busy_seconds
-        self._arrivals *= _CARRY
-        self._busy_seconds *= _CARRY
         return self.rate

@@ -95,7 +95,7 @@ class Batcher:
         self._live_costs: LiveCosts | None = None
         self._plan_costs = CostTable({1: 1.0})
         self._chunks_since_drift_check = 0
-        self._arrivals = ArrivalMeter()
+        self._arrival_meter = ArrivalMeter()
         # The arrival rate the current plans were made with.
         self._arrival_rate = 0.0
         # Tests inject faults or hold chunks through this; it runs in a waiter thread.
@@ -297,7 +297,7 @@ class Batcher:
             compile_seconds=engine.compile_seconds if engine else 0.0,
             profile_seconds=engine.profile_seconds if engine else 0.0,
             cost_table=live.snapshot() if live is not None and self._plans_by_cost else None,
-            arrival_rate=self._arrivals.rate if self._plans_by_cost else None,
+            arrival_rate=self._arrival_rate if self._plans_by_cost else None,
         )
 
     # ------------------------------------------------------------------ submitting
@@ -351,7 +351,7 @@ class Batcher:
         self._queue.push(request)
         self._submitted += 1
         if not self._free_slots:
-            self._arrivals.arrived()
+            self._arrival_meter.arrived()
         self._wakeup.set()
         try:
             if deadline == math.inf:
@@ -546,7 +546,7 @@ class Batcher:
         busy = bool(self._flights) or self._queue.depth > 0
         self._free_slots -= 1
         if not self._free_slots and self._plans_by_cost:
-            self._arrivals.all_busy()
+            self._arrival_meter.all_busy()
         for other in self._flights:
             other.shared = flight.shared = True
         self._flights.add(flight)
@@ -585,7 +585,7 @@ class Batcher:
         engine.release(chunk.size, flight.slot)
         self._flights.discard(flight)
         if not self._free_slots and self._plans_by_cost:
-            self._arrivals.slot_freed()
+            self._arrival_meter.slot_freed()
         self._free_slots += 1
         self._chunks_per_size[chunk.size] += 1
         self._samples_per_size[chunk.size] += chunk.samples
@@ -647,7 +647,7 @@ class Batcher:
         self._chunks_since_drift_check += 1
         if self._chunks_since_drift_check >= _DRIFT_CHECK_EVERY:
             self._chunks_since_drift_check = 0
-            rate = self._arrivals.close_window()
+            rate = self._arrival_meter.close_window()
             moved = abs(rate - self._arrival_rate) > _ARRIVAL_TOLERANCE * max(
                 rate, self._arrival_rate
             )

@@ -114,7 +114,7 @@ class QueueRoom:
         return len(self._waiters) - len(self._withdrawn)
 
     def try_take(self) -> bool:
-        if self.free > 0 and not self.waiting:
+        if self.free > 0 and (not self._waiters or not self.waiting):
             self.free -= 1
             return True
         return False
@@ -126,13 +126,17 @@ class QueueRoom:
         return waiter
 
     def abandon(self, waiter: Signal) -> None:
-        """Withdraw a waiter (cancelled or timed out); give back a place it already got."""
+        """Withdraw a waiter (cancelled or timed out); give back a place it already got.
+
+        Once per waiter: a second call would mark a waiter no longer in the line.
+        """
         if waiter.is_set():
             self.give_back()
             return
         self._withdrawn.add(waiter)
         # A line that only grows (a stuck device, callers timing out) must not keep every
-        # withdrawn waiter: rebuilding it when they are half costs O(1) per withdrawal.
+        # withdrawn waiter. Rebuilding it once more than half is withdrawn costs O(1) per
+        # withdrawal, amortized.
         if 2 * len(self._withdrawn) > len(self._waiters):
             self._waiters = deque(w for w in self._waiters if w not in self._withdrawn)
             self._withdrawn.clear()

@@ -45,9 +45,9 @@ class BatcherStatistics:
     #: The cost table the planner currently uses (strategy "auto" with static sizes only,
     #: else ``None``).
     cost_table: CostTable | None
-    #: Samples per second arriving while every slot is busy, as the planner last measured
-    #: it: at least one expected before the fewest-chunks plan ends makes ``auto`` plan
-    #: exactly that (strategy "auto" with static sizes only, else ``None``).
+    #: Samples per second arriving while every slot is busy, as measured when the current
+    #: plans were made: at least one expected before the fewest-chunks plan ends makes
+    #: ``auto`` plan exactly that (strategy "auto" with static sizes only, else ``None``).
     arrival_rate: float | None
 
     @property

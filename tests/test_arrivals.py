@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from support import Caller, ChunkGate, rng_samples, settle
+from support import Caller, ChunkGate, rng_samples, start_behind_one
 
 import batcher._core
 from batcher import Batcher, BatcherConfig, models
@@ -60,61 +60,48 @@ def test_busy_time_without_arrivals_brings_the_rate_down_within_a_few_windows() 
     clock = ManualClock()
     meter = ArrivalMeter(clock)
     busy_window(meter, clock, 0.010, 5)
-    rates = [busy_window(meter, clock, 0.010, 0) for _ in range(3)]
+    rates = [busy_window(meter, clock, 0.020, 0) for _ in range(6)]
     assert rates == sorted(rates, reverse=True)
     assert rates[0] < 500.0
-    assert rates[1] < 100.0
+    assert rates[2] < 50.0
+    # The stream has ended, and the rate says so: it does not keep halving (each change
+    # would re-derive every plan).
+    assert rates[-2:] == [0.0, 0.0]
 
 
-async def test_auto_measures_samples_that_arrive_while_every_slot_is_busy(
+async def test_auto_plans_with_the_rate_of_samples_arriving_while_every_slot_is_busy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A stream, then callers that wait for their results: the rate follows both."""
     monkeypatch.setattr(batcher._core, "_DRIFT_CHECK_EVERY", 1)
     clock = ManualClock()
     gate = ChunkGate()
     config = BatcherConfig(
         batch_sizes=(1, 2, 4), strategy="auto", max_inflight_chunks=1, profile_budget=0.05
     )
-    samples = rng_samples((16,), 4)
-    async with Batcher(models.mlp((16, 32, 8)), config) as b, anyio.create_task_group() as tg:
-        assert b.statistics().arrival_rate == 0.0
-        b._arrivals.clock = clock
-        b._chunk_hook = gate
-        callers = [Caller(b, sample) for sample in samples]
-        tg.start_soon(callers[0].run)
-        await settle()  # the only slot is busy with the first sample, held by the gate
-        for caller in callers[1:]:
-            tg.start_soon(caller.run)
-        await settle()
-        clock.now = 0.010
-        gate.open_all()
-    assert all(c.error is None for c in callers)
-    # 3 samples came in the 10 ms the slot was busy; the chunk that ran them took no time
-    # on the manual clock, so it adds no evidence either way.
-    assert b.statistics().arrival_rate == pytest.approx(300.0)
-
-
-async def test_callers_that_wait_for_their_results_bring_the_rate_down(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(batcher._core, "_DRIFT_CHECK_EVERY", 1)
-    clock = ManualClock()
-
-    def take_a_millisecond(chunk: object) -> None:
-        clock.now += 0.001
-
-    config = BatcherConfig(
-        batch_sizes=(1, 2, 4), strategy="auto", max_inflight_chunks=1, profile_budget=0.05
-    )
     async with Batcher(models.mlp((16, 32, 8)), config) as b:
-        b._arrivals.clock = clock
-        b._arrivals.rate = 300.0  # as if a stream had just been seen
-        b._chunk_hook = take_a_millisecond
+        assert b.statistics().arrival_rate == 0.0
+        b._arrival_meter.clock = clock
+        b._chunk_hook = gate
+        callers = [Caller(b, sample) for sample in rng_samples((16,), 4)]
+        async with anyio.create_task_group() as tg:
+            # The only slot is busy with the first sample, held by the gate, while the
+            # other 3 come.
+            await start_behind_one(tg, callers)
+            clock.now = 0.010
+            gate.open_all()
+        assert all(c.error is None for c in callers)
+        # 3 samples in the 10 ms the slot was busy; the chunk that ran them took no time
+        # on the manual clock, so it added no evidence either way.
+        assert b.statistics().arrival_rate == pytest.approx(300.0)
+
+        def take_ten_milliseconds(chunk: object) -> None:
+            clock.now += 0.010
+
+        b._chunk_hook = take_ten_milliseconds
         for sample in rng_samples((16,), 20):
             await b.submit(sample)  # the slot is free again whenever the next one comes
-        stats = b.statistics()
-    assert stats.completed == 20
-    assert stats.arrival_rate == 0.0
+        assert b.statistics().arrival_rate == 0.0
 
 
 async def test_only_auto_reports_an_arrival_rate() -> None:

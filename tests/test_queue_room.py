@@ -82,6 +82,22 @@ def test_a_line_that_only_grows_does_not_keep_withdrawn_waiters() -> None:
     assert room.waiting == 0
 
 
+def test_a_long_line_timing_out_in_bulk_keeps_its_survivors_in_order() -> None:
+    room = QueueRoom(0, FlagSignal)
+    waiters = [room.enqueue_waiter() for _ in range(10_000)]
+    survivors = waiters[::1000]
+    leaving = [w for w in waiters if w not in survivors]
+    random.Random(0).shuffle(leaving)
+    for waiter in leaving:
+        room.abandon(waiter)
+        assert len(room._waiters) <= 2 * room.waiting + 1
+    assert room.waiting == len(survivors)
+    for served in range(1, len(survivors) + 1):
+        room.give_back()
+        assert [w.is_set() for w in survivors] == [i < served for i in range(len(survivors))]
+    assert not any(w.is_set() for w in leaving)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_random_traffic_matches_a_plain_first_come_first_served_line(seed: int) -> None:
     """The same operations on a list that removes withdrawn waiters at once agree."""
@@ -90,7 +106,7 @@ def test_random_traffic_matches_a_plain_first_come_first_served_line(seed: int) 
     room = QueueRoom(size, FlagSignal)
     free = size
     line: list[Signal] = []
-    held = 0
+    holders: list[Signal | None] = []  # None: took a free place without waiting
     for _ in range(500):
         op = rng.random()
         if op < 0.35:
@@ -98,23 +114,30 @@ def test_random_traffic_matches_a_plain_first_come_first_served_line(seed: int) 
                 assert free > 0
                 assert not line
                 free -= 1
-                held += 1
+                holders.append(None)
             else:
                 assert free == 0 or line
                 line.append(room.enqueue_waiter())
-        elif op < 0.6 and line:
+        elif op < 0.55 and line:
             waiter = line.pop(rng.randrange(len(line)))
             assert not waiter.is_set()
             room.abandon(waiter)
-        elif held:
-            held -= 1
-            room.give_back()
+        elif holders:
+            holder = holders.pop(rng.randrange(len(holders)))
+            if holder is not None and op < 0.7:
+                room.abandon(holder)  # it got a place, then was cancelled before using it
+            else:
+                room.give_back()
             if line:
                 woken = line.pop(0)
                 assert woken.is_set()
-                held += 1
+                holders.append(woken)
             else:
                 free += 1
         assert room.free == free
         assert room.waiting == len(line)
         assert not any(w.is_set() for w in line)
+    room.wake_all()  # closing: every waiter still in the line gets a place at once
+    assert all(w.is_set() for w in line)
+    assert room.free == free - len(line)
+    assert room.waiting == 0
