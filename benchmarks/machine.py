@@ -15,7 +15,7 @@ import openvino as ov
 
 import batcher
 
-__all__ = ["describe"]
+__all__ = ["describe", "headline"]
 
 
 def _commit() -> str:
@@ -35,11 +35,27 @@ def _commit() -> str:
         return "unknown"
 
 
-def describe(core: ov.Core) -> dict[str, Any]:
-    """Date, machine, library versions and the commit measured (``+dirty``: uncommitted)."""
+def _cpu_name(core: ov.Core | None) -> str:
+    if core is not None:
+        return str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(core: ov.Core | None = None) -> dict[str, Any]:
+    """Date, machine, library versions and the commit measured (``+dirty``: uncommitted).
+
+    ``core``: OpenVINO's name for the CPU, when the caller has a core open anyway.
+    """
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": str(core.get_property("CPU", "FULL_DEVICE_NAME")),
+        "cpu": _cpu_name(core),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -50,3 +66,12 @@ def describe(core: ov.Core) -> dict[str, Any]:
         "commit": _commit(),
         "load_average_at_start": os.getloadavg(),
     }
+
+
+def headline(machine: dict[str, Any]) -> str:
+    """The one line every results file opens with: when, where, and what was measured."""
+    return (
+        f"{machine['date']} on {machine['cpu']} ({machine['cores']} cores), Python "
+        f"{machine['python']}, OpenVINO {machine['openvino']}, batcher {machine['batcher']} "
+        f"({machine['commit']})"
+    )

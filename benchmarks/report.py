@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .machine import headline
+
 __all__ = ["render", "write"]
 
 
@@ -198,8 +200,7 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         "# batcher benchmark results",
         "",
-        f"{meta['date']} on {meta['cpu']} ({meta['cores']} cores), Python {meta['python']}, "
-        f"OpenVINO {meta['openvino']}, batcher {meta['batcher']} ({meta['commit']}); "
+        f"{headline(meta)}; "
         f"{'quick' if settings['quick'] else 'full'} run, {_num(results['elapsed_s'], 3)} s. "
         f"Each point: {settings['warmup_s']:g} s warm-up, {settings['window_s']:g} s window.",
         "",

@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import select
 import socket
@@ -42,7 +41,6 @@ from typing import Any
 
 import anyio
 import numpy as np
-import openvino as ov
 
 import batcher
 from batcher import Batcher, BatcherConfig
@@ -50,6 +48,8 @@ from batcher import _protocol as proto
 from batcher._netcli import LoadResult, random_samples, run_load
 from batcher.client import Client
 from batcher.server import load_model
+
+from .machine import describe, headline
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 #: identity first: its inference costs almost nothing, so its figures are the protocol's own.
@@ -380,10 +380,9 @@ def markdown(document: dict[str, Any]) -> str:
     lines = [
         "# Server vs in-process Batcher",
         "",
-        f"Run {document['when']} on {document['machine']['cpus']} CPUs "
-        f"(load average {document['machine']['load_before']} before, "
-        f"{document['machine']['load_after']} after), Python {document['machine']['python']}, "
-        f"OpenVINO {document['machine']['openvino']}"
+        f"{headline(document['machine'])}; load average "
+        f"{document['machine']['load_before']} before, "
+        f"{document['machine']['load_after']} after"
         + (" — **quick run**, figures are indicative only" if document["quick"] else "")
         + ".",
         "",
@@ -462,14 +461,7 @@ async def run(s: Settings) -> dict[str, Any]:
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": s.quick,
         "seconds": time.perf_counter() - started,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_before": load_before,
-            "load_after": _load(),
-            "python": platform.python_version(),
-            "openvino": ov.get_version(),
-            "platform": platform.platform(),
-        },
+        "machine": {**describe(), "load_before": load_before, "load_after": _load()},
         "settings": {
             "concurrencies": list(s.concurrencies),
             "requests": s.requests,

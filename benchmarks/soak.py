@@ -23,8 +23,6 @@ import gc
 import json
 import logging
 import math
-import os
-import platform
 import random
 import sys
 import threading
@@ -54,6 +52,8 @@ from batcher import (
     QueueFull,
     models,
 )
+
+from .machine import describe, headline
 
 __all__ = ["InjectedFault", "Invariant", "SoakConfig", "SoakReport", "main", "run_soak"]
 
@@ -171,9 +171,7 @@ class SoakReport:
         lines = [
             f"# Soak: {self.config['requests']:,} requests ({self.backend}) - {status}",
             "",
-            f"Started {self.started_at} on {self.machine['cpu']} "
-            f"({self.machine['cpus']} CPUs), Python {self.machine['python']}, "
-            f"OpenVINO {self.machine['openvino']}.",
+            f"{headline(self.machine)}.",
             "",
             f"Duration {self.duration_s:.1f} s, {self.rate_per_s:,.0f} requests/s.",
             "",
@@ -745,26 +743,6 @@ def _backend() -> str:
     return "asyncio"
 
 
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "system": platform.platform(),
-        "python": platform.python_version(),
-        "openvino": ov.get_version(),
-        "numpy": np.__version__,
-    }
-
-
 async def run_soak(cfg: SoakConfig, *, progress: Callable[[str], None] | None = None) -> SoakReport:
     """Run the soak inside the current event loop and return its report (never raises for a
     broken invariant: check :attr:`SoakReport.passed`)."""
@@ -805,7 +783,7 @@ async def run_soak(cfg: SoakConfig, *, progress: Callable[[str], None] | None = 
     return SoakReport(
         config=asdict(cfg),
         backend=backend,
-        machine=_machine(),
+        machine=describe(),
         started_at=started_at,
         duration_s=duration,
         rate_per_s=cfg.requests / duration if duration > 0 else 0.0,

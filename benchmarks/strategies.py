@@ -44,7 +44,7 @@ import openvino as ov
 
 from .contenders import CONTENDERS, BatcherContender, ContenderSpec, Options
 from .load import run_load
-from .machine import describe
+from .machine import describe, headline
 from .metrics import Mode, Point, summarize
 from .progress import Progress
 from .workloads import WORKLOADS, Workload
@@ -322,8 +322,7 @@ def _markdown(results: dict[str, Any]) -> str:
     lines = [
         "# decompose vs pad vs auto",
         "",
-        f"{m['date']} on {m['cpu']} ({m['cores']} cores), OpenVINO {m['openvino']}, batcher "
-        f"{m['batcher']} ({m['commit']}); {results['seconds']:.0f} s. Batch sizes 1..32. "
+        f"{headline(m)}; {results['seconds']:.0f} s. Batch sizes 1..32. "
         f"Each point: {s['rounds']} rounds of {s['window_s']:g} s (after {s['warmup_s']:g} s "
         "warm-up) per strategy, the strategies taking turns in a rotating order; figures "
         "are medians over rounds. Ratios are auto / the better of decompose and pad at that "
