@@ -148,10 +148,10 @@ def test_an_open_stream_gets_the_fewest_chunks_plan() -> None:
     split = (Chunk(4, 4), Chunk(4, 4))
     assert plan(8, (1, 4, 8), "auto", costs, slots=2) == split
     assert plan(8, (1, 4, 8), "auto", costs, slots=2, arrivals=1.0) == (Chunk(8, 8),)
-    # Nor does it pad for a stream: 7 rows are 4+1+1+1 there, not one padded 8.
-    padded_costs = {1: 1.0, 4: 1.2, 8: 1.4}
-    assert plan(7, (1, 4, 8), "auto", padded_costs, slots=1) == (Chunk(8, 7),)
-    assert plan(7, (1, 4, 8), "auto", padded_costs, slots=1, arrivals=10.0) == (
+    # Nor does it pad for a stream where padding costs device time: with rows costing in
+    # proportion, 7 rows are 4+1+1+1 there, not one padded 8 (8 units against 7).
+    assert plan(7, (1, 4, 8), "auto", costs, slots=1, overhead=10.0) == (Chunk(8, 7),)
+    assert plan(7, (1, 4, 8), "auto", costs, slots=1, overhead=10.0, arrivals=10.0) == (
         Chunk(4, 4),
         Chunk(1, 1),
         Chunk(1, 1),
@@ -159,6 +159,13 @@ def test_an_open_stream_gets_the_fewest_chunks_plan() -> None:
     )
     # Arrivals too rare to come before the plan ends (one per 100) change nothing.
     assert plan(8, (1, 4, 8), "auto", costs, slots=2, arrivals=0.01) == split
+
+
+def test_an_open_stream_is_padded_where_padding_costs_the_device_nothing() -> None:
+    # One padded 8 costs 1.4 units; 4+1+1+1 cost 4.2 and four round trips: fewer chunks
+    # and less device time, whatever the stream.
+    flat_costs = {1: 1.0, 4: 1.2, 8: 1.4}
+    assert plan(7, (1, 4, 8), "auto", flat_costs, slots=1, arrivals=10.0) == (Chunk(8, 7),)
 
 
 def test_plan_rejects_unknown_strategies_and_missing_costs() -> None:
@@ -234,8 +241,16 @@ def test_every_strategy_covers_n_and_auto_is_never_worse(
         decomposed = plan(n, sizes, "decompose")
         assert covers_exactly(decomposed, n, sizes)
         if n and arrivals * estimate(decomposed) >= 1.0:
-            # An open stream: the fewest-chunks plan itself, never worse than decompose.
-            assert auto == decomposed
+            # An open stream: the fewest-chunks plan, or the padded plan where that is
+            # fewer chunks for no more device time.
+            device_seconds = {
+                chunks: sum(shared[c.size] for c in chunks) for chunks in (decomposed, padded)
+            }
+            if auto == padded and padded != decomposed:
+                assert len(padded) < len(decomposed)
+                assert device_seconds[padded] <= device_seconds[decomposed]
+            else:
+                assert auto == decomposed
             return
         best_fixed = min(best_fixed, estimate(decomposed))
     assert estimate(auto) <= best_fixed + 1e-12
