@@ -47,7 +47,7 @@ class BatcherStatistics:
     cost_table: CostTable | None
     #: Samples per second arriving while every slot is busy, as measured when the current
     #: plans were made: at least one expected before the fewest-chunks plan ends makes
-    #: ``auto`` plan exactly that (strategy "auto" with static sizes only, else ``None``).
+    #: ``auto`` plan for a stream (strategy "auto" with static sizes only, else ``None``).
     arrival_rate: float | None
 
     @property
