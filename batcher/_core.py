@@ -350,7 +350,7 @@ class Batcher:
         request = Request(inputs, priority, now, deadline, self._make_signal())
         self._queue.push(request)
         self._submitted += 1
-        if not self._free_slots:
+        if not self._free_slots and self._plans_by_cost:
             self._arrival_meter.arrived()
         self._wakeup.set()
         try:

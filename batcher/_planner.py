@@ -266,12 +266,13 @@ def plan_cost_based(
     def estimate(chunks: tuple[Chunk, ...]) -> float:
         return estimated_time(chunks, costs, slots, overhead, shared)
 
-    fixed: list[tuple[Chunk, ...]] = [plan_padded(n, sizes)]
+    padded = plan_padded(n, sizes)
+    fixed: list[tuple[Chunk, ...]] = [padded]
     # Without 1 among the sizes there may be no exact split; padding plans still cover n.
     with contextlib.suppress(ValueError):
         fewest = tuple(Chunk(s, s) for s in plan_chunks(n, sizes))
         if arrivals and arrivals * estimate(fewest) >= 1.0:
-            return _for_a_stream(fewest, plan_padded(n, sizes), loaded)
+            return _for_a_stream(fewest, padded, loaded)
         fixed.append(fewest)
     fixed_bound = min(estimate(chunks) for chunks in fixed)
     # The second bound of estimated_time, times the slots, is what the coverings minimise.
