@@ -20,7 +20,7 @@ import numpy.typing as npt
 import openvino as ov
 
 from ._config import BatcherConfig
-from ._costs import CostTable
+from ._costs import CostTable, plausible_shape
 from ._model import ModelSource, ModelSpec, compile_for_batch, read_model
 from ._planner import Chunk
 from ._queue import Request
@@ -298,16 +298,10 @@ def profile(pools: dict[int, list[Slot]], sizes: tuple[int, ...], budget: float)
         for size in sizes:
             idle_runs[size].append(_idle_seconds(pools[size][0], per_run))
             shared_runs[size].append(_shared_seconds(pools[size], per_run))
-    idle = {size: statistics.median(runs) for size, runs in idle_runs.items()}
-    shared = {size: statistics.median(runs) for size, runs in shared_runs.items()}
-    # More rows never cost less: a measured inversion (seen: 2 rows 0.28 ms < 1 row 0.30 ms
-    # on the MLP) is noise, and trusting it makes "auto" pad every lone sample to 2 rows.
-    # Nor does company make a chunk faster. Live timings only scale the whole table, so
-    # they cannot undo a wrong shape.
-    top_idle = top_shared = 0.0
-    for size in sorted(sizes):
-        top_idle = idle[size] = max(idle[size], top_idle)
-        top_shared = shared[size] = max(shared[size], idle[size], top_shared)
+    idle = plausible_shape({size: statistics.median(runs) for size, runs in idle_runs.items()})
+    shared = plausible_shape(
+        {size: statistics.median(runs) for size, runs in shared_runs.items()}, floor=idle
+    )
     return CostTable(idle, source="profiled", shared_seconds=shared)
 
 

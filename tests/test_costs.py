@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batcher import Batcher, BatcherConfig, Chunk, CostTable, _execution, models
-from batcher._costs import LiveCosts
+from batcher._costs import LiveCosts, plausible_shape
 
 pytestmark = pytest.mark.anyio
 
@@ -85,6 +88,46 @@ def test_live_costs_ignore_unknown_sizes_and_frozen_smoothing() -> None:
     live.observe(1, 5.0)
     live.observe(7, 5.0)
     assert dict(live.snapshot().seconds) == {1: 1.0}
+
+
+def test_plausible_shape_undoes_the_readings_that_misled_auto() -> None:
+    # One real profile of the MLP: 32 rows measured dearer than two chunks of 16.
+    shared = {1: 0.000825, 16: 0.000825, 32: 0.002223}
+    assert plausible_shape(shared)[32] == pytest.approx(0.00165)
+    # And one where 2 rows measured cheaper than 1.
+    assert plausible_shape({1: 0.00030, 2: 0.00028}) == {1: 0.00030, 2: 0.00030}
+    # Company never makes a chunk faster: the idle figure is a floor, even where it breaks
+    # the per-row rule.
+    assert plausible_shape({1: 1.0, 2: 1.0}, floor={1: 1.0, 2: 3.0}) == {1: 1.0, 2: 3.0}
+
+
+def test_a_plausible_table_is_left_as_measured() -> None:
+    measured = {1: 0.227, 2: 0.227, 4: 0.266, 8: 0.472, 16: 0.846, 32: 1.632}
+    assert plausible_shape(measured) == measured
+
+
+_tables = st.dictionaries(
+    st.integers(1, 64), st.floats(1e-6, 1.0, allow_nan=False), min_size=1, max_size=8
+)
+
+
+@given(_tables, st.floats(0.0, 2.0))
+def test_plausible_shape_never_lets_splitting_or_fewer_rows_look_cheaper(
+    measured: dict[int, float], floor_scale: float
+) -> None:
+    floor = {size: sec * floor_scale for size, sec in measured.items()}
+    plain, floored = plausible_shape(measured), plausible_shape(measured, floor)
+    sizes = sorted(measured)
+    for shaped in (plain, floored):
+        assert sorted(shaped) == sizes
+        assert all(shaped[a] <= shaped[b] for a, b in itertools.pairwise(sizes))
+    assert all(floored[size] >= floor[size] for size in sizes)
+    for i, a in enumerate(sizes):
+        for b in sizes[i + 1 :]:
+            assert plain[b] <= plain[a] * b / a * (1 + 1e-12)
+    # The smallest size is the anchor, and a shaped table is already plausible.
+    assert plain[sizes[0]] == measured[sizes[0]]
+    assert plausible_shape(plain) == plain
 
 
 async def test_auto_profiles_each_size_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
