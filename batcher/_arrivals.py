@@ -1,4 +1,5 @@
-"""How fast samples arrive while every device slot is busy: ``auto``'s open-stream signal."""
+"""How samples arrive: how fast while every device slot is busy, and whether callers just
+served are about to come back. ``auto``'s signals that more samples are on their way."""
 
 from __future__ import annotations
 
@@ -37,14 +38,22 @@ class ArrivalMeter:
     change nothing: they say nothing about arrivals while every slot is busy. A rate left
     over from a stream then only makes ``auto`` plan the fewest chunks, as ``decompose``
     does.
+
+    The meter also keeps the most samples outstanding at once (queued or running) over
+    this window and the last: callers that wait for their results hold that many, and when
+    fewer are outstanding, the rest were just answered and are about to submit again
+    (:meth:`returning`). That is a closed loop's own stream, invisible to the rate: its
+    callers come back while a slot is still free.
     """
 
     __slots__ = (
         "_arrivals",
         "_busy_seconds",
         "_busy_since",
+        "_last_peak",
         "_window_arrivals",
         "_window_busy_seconds",
+        "_window_peak",
         "clock",
         "rate",
     )
@@ -59,6 +68,16 @@ class ArrivalMeter:
         self._busy_since = 0.0
         self._window_arrivals = 0
         self._window_busy_seconds = 0.0
+        self._window_peak = self._last_peak = 0
+
+    def outstanding(self, count: int) -> None:
+        """A sample was submitted; ``count`` samples are now queued or running."""
+        if count > self._window_peak:
+            self._window_peak = count
+
+    def returning(self, count: int) -> int:
+        """How many samples are on their way back with ``count`` queued or running now."""
+        return max(self._window_peak, self._last_peak) - count
 
     def arrived(self) -> None:
         """A sample came while every slot was busy."""
@@ -80,6 +99,7 @@ class ArrivalMeter:
         self._busy_seconds = self._busy_seconds * kept + busy
         self._window_arrivals = 0
         self._window_busy_seconds = 0.0
+        self._last_peak, self._window_peak = self._window_peak, 0
         if self._arrivals < _LEAST_ARRIVALS:
             self._arrivals = 0.0
         if self._busy_seconds >= _MIN_BUSY_SECONDS:

@@ -91,7 +91,7 @@ class Batcher:
         self._flights: set[Flight] = set()
         self._free_slots = 0
         self._broken: BaseException | None = None
-        self._plans: dict[tuple[int, int], tuple[Chunk, ...]] = {}
+        self._plans: dict[tuple[int, int, bool], tuple[Chunk, ...]] = {}
         self._live_costs: LiveCosts | None = None
         self._plan_costs = CostTable({1: 1.0})
         self._chunks_since_drift_check = 0
@@ -350,8 +350,11 @@ class Batcher:
         request = Request(inputs, priority, now, deadline, self._make_signal())
         self._queue.push(request)
         self._submitted += 1
-        if not self._free_slots and self._plans_by_cost:
-            self._arrival_meter.arrived()
+        if self._plans_by_cost:
+            meter = self._arrival_meter
+            meter.outstanding(self._queue.depth + self._inflight_samples)
+            if not self._free_slots:
+                meter.arrived()
         self._wakeup.set()
         try:
             if deadline == math.inf:
@@ -471,15 +474,16 @@ class Batcher:
         self._plan_costs = table
         self._plans.clear()
 
-    def _plan(self, n: int, free: int) -> tuple[Chunk, ...]:
-        """Chunks for ``n`` samples, largest first, memoised per (n, free slots).
+    def _plan(self, n: int, free: int, more_coming: bool = False) -> tuple[Chunk, ...]:
+        """Chunks for ``n`` samples, largest first, memoised per (n, free slots, whether
+        more samples are known to be on their way).
 
         The cost model counts only the slots free now. Counting on busy slots that free up
         soon would split the pending samples across them, and those put back wait for the
         next free slot behind later arrivals: measured, that raised p99 latency at
         moderate load without raising throughput.
         """
-        key = (n, free)
+        key = (n, free, more_coming)
         cached = self._plans.get(key)
         if cached is None:
             engine = self._engine
@@ -495,6 +499,7 @@ class Batcher:
                     table.overhead,
                     table.shared,
                     arrivals=self._arrival_rate,
+                    more_coming=more_coming,
                 )
             else:
                 strategy = "decompose" if self._config.dynamic else self._config.strategy
@@ -506,6 +511,11 @@ class Batcher:
         engine = self._engine
         assert engine is not None
         now = self._clock()
+        # Callers answered a moment ago and about to submit again count as a stream too.
+        more_coming = (
+            self._plans_by_cost
+            and self._arrival_meter.returning(self._queue.depth + self._inflight_samples) > 0
+        )
         limit = min(self._queue.depth, self._free_slots * self._config.largest_batch)
         batch: list[Request] = []
         for request in self._queue.take(limit):
@@ -519,7 +529,7 @@ class Batcher:
         if not batch:
             self._note_progress()
             return
-        chunks = self._plan(len(batch), self._free_slots)[: self._free_slots]
+        chunks = self._plan(len(batch), self._free_slots, more_coming)[: self._free_slots]
         start = 0
         for chunk in chunks:
             members = batch[start : start + chunk.samples]

@@ -227,6 +227,7 @@ def plan_cost_based(
     shared: Mapping[int, float] | None = None,
     margin: float = DEFAULT_MARGIN,
     arrivals: float = 0.0,
+    more_coming: bool = False,
 ) -> tuple[Chunk, ...]:
     """A fast plan under :func:`estimated_time`, mixing splitting and padding freely.
 
@@ -249,6 +250,13 @@ def plan_cost_based(
     same: ``pad`` had the best p99 at light open-loop load, 1.2-1.3x ahead of both).
     Callers that wait for their results (a closed loop) do not arrive while every slot is
     busy with their own samples, so their groups are still split and padded.
+
+    ``more_coming``: more samples are known to be on their way, as when callers served a
+    moment ago are about to submit again. Then the pending samples are planned as for a
+    stream, whatever ``arrivals`` says: spreading them over every free slot would leave
+    none for the samples that follow. (Measured with 64 callers on two slots: whenever
+    both slots were free, ``auto`` split the 32 waiting samples as 16 + 16, and its chunks
+    held 31.5 samples on average against ``decompose``'s 32.0.)
     """
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must be within [0, 1), got {margin!r}")
@@ -271,7 +279,7 @@ def plan_cost_based(
     # Without 1 among the sizes there may be no exact split; padding plans still cover n.
     with contextlib.suppress(ValueError):
         fewest = tuple(Chunk(s, s) for s in plan_chunks(n, sizes))
-        if arrivals and arrivals * estimate(fewest) >= 1.0:
+        if more_coming or (arrivals and arrivals * estimate(fewest) >= 1.0):
             return _for_a_stream(fewest, padded, loaded)
         fixed.append(fewest)
     fixed_bound = min(estimate(chunks) for chunks in fixed)
@@ -302,14 +310,16 @@ def plan(
     shared: Mapping[int, float] | None = None,
     margin: float = DEFAULT_MARGIN,
     arrivals: float = 0.0,
+    more_coming: bool = False,
 ) -> tuple[Chunk, ...]:
     """Plan ``n`` samples with a named strategy: ``"decompose"``, ``"pad"`` or ``"auto"``.
 
     ``"auto"`` needs ``costs`` (seconds per inference of each size on an idle device), the
     number of free device ``slots``, the host ``overhead`` per chunk and optionally the
     ``shared`` seconds per inference while other slots are busy (see
-    :func:`estimated_time`), the ``margin`` of noise it tolerates and the ``arrivals`` per
-    second expected while every slot is busy (see :func:`plan_cost_based`).
+    :func:`estimated_time`), the ``margin`` of noise it tolerates, the ``arrivals`` per
+    second expected while every slot is busy and whether ``more_coming`` samples are known
+    to be on their way (see :func:`plan_cost_based`).
     """
     if strategy == "decompose":
         return tuple(Chunk(s, s) for s in plan_chunks(n, batch_sizes))
@@ -318,5 +328,7 @@ def plan(
     if strategy == "auto":
         if costs is None:
             raise ValueError('strategy "auto" needs costs (seconds per inference of each size)')
-        return plan_cost_based(n, batch_sizes, costs, slots, overhead, shared, margin, arrivals)
+        return plan_cost_based(
+            n, batch_sizes, costs, slots, overhead, shared, margin, arrivals, more_coming
+        )
     raise ValueError(f'strategy must be one of "decompose", "pad", "auto", got {strategy!r}')

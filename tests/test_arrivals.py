@@ -69,6 +69,51 @@ def test_busy_time_without_arrivals_brings_the_rate_down_within_a_few_windows() 
     assert rates[-2:] == [0.0, 0.0]
 
 
+def test_callers_answered_a_moment_ago_count_as_returning_for_two_windows() -> None:
+    meter = ArrivalMeter()
+    for outstanding in range(1, 65):
+        meter.outstanding(outstanding)
+    # 64 callers held samples at once; with 32 queued or running, 32 are on their way back.
+    assert meter.returning(32) == 32
+    assert meter.returning(64) == 0
+    meter.close_window()
+    assert meter.returning(32) == 32
+    meter.outstanding(32)
+    meter.close_window()
+    # Fewer callers now: the old peak has aged out.
+    assert meter.returning(32) == 0
+
+
+async def test_auto_plans_as_for_a_stream_while_answered_callers_are_due_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    planned: list[tuple[int, bool]] = []
+    real_plan = batcher._core.Batcher._plan
+
+    def recording(self: Batcher, n: int, free: int, more_coming: bool = False) -> object:
+        planned.append((n, more_coming))
+        return real_plan(self, n, free, more_coming)
+
+    monkeypatch.setattr(batcher._core.Batcher, "_plan", recording)
+    gate = ChunkGate()
+    config = BatcherConfig(
+        batch_sizes=(1, 2, 4), strategy="auto", max_inflight_chunks=1, profile_budget=0.05
+    )
+    async with Batcher(models.mlp((16, 32, 8)), config) as b:
+        b._chunk_hook = gate
+        callers = [Caller(b, sample) for sample in rng_samples((16,), 4)]
+        async with anyio.create_task_group() as tg:
+            await start_behind_one(tg, callers)
+            gate.open_all()
+        assert all(c.error is None for c in callers)
+        # The first sample was planned alone, before any caller had been answered; the
+        # other three only after the first caller was, as it might have come back.
+        assert planned == [(1, False), (3, True)]
+        # One caller comes back: the other three were answered too, and may follow.
+        await Caller(b, rng_samples((16,), 1)[0]).run()
+        assert planned[-1] == (1, True)
+
+
 async def test_auto_plans_with_the_rate_of_samples_arriving_while_every_slot_is_busy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -159,6 +159,8 @@ def test_an_open_stream_gets_the_fewest_chunks_plan() -> None:
     )
     # Arrivals too rare to come before the plan ends (one per 100) change nothing.
     assert plan(8, (1, 4, 8), "auto", costs, slots=2, arrivals=0.01) == split
+    # Samples known to be on their way (callers about to submit again) are a stream too.
+    assert plan(8, (1, 4, 8), "auto", costs, slots=2, more_coming=True) == (Chunk(8, 8),)
 
 
 def test_an_open_stream_is_padded_where_padding_costs_the_device_nothing() -> None:
@@ -228,19 +230,20 @@ def test_every_strategy_covers_n_and_auto_is_never_worse(
     margin = data.draw(st.sampled_from((0.0, 0.1, 0.5)))
     # Samples per second arriving while every slot is busy: none, rare, an open stream.
     arrivals = data.draw(st.sampled_from((0.0, 1.0, 1e4)))
+    more_coming = data.draw(st.booleans())
 
     def estimate(chunks: tuple[Chunk, ...]) -> float:
         return estimated_time(chunks, costs, slots, overhead, shared)
 
     padded = plan_padded(n, sizes)
-    auto = plan_cost_based(n, sizes, costs, slots, overhead, shared, margin, arrivals)
+    auto = plan_cost_based(n, sizes, costs, slots, overhead, shared, margin, arrivals, more_coming)
     assert covers_exactly(padded, n, sizes)
     assert covers_exactly(auto, n, sizes)
     best_fixed = estimate(padded)
     if brute_force_cached(n, sizes) is not None:
         decomposed = plan(n, sizes, "decompose")
         assert covers_exactly(decomposed, n, sizes)
-        if n and arrivals * estimate(decomposed) >= 1.0:
+        if n and (more_coming or arrivals * estimate(decomposed) >= 1.0):
             # An open stream: the fewest-chunks plan, or the padded plan where that is
             # fewer chunks for no more device time.
             device_seconds = {
