@@ -110,14 +110,14 @@ def plausible_shape(
     More rows never cost less than fewer (a measured inversion, seen: 2 rows 0.28 ms < 1 row
     0.30 ms on the MLP, is noise, and trusting it makes ``auto`` pad every lone sample to 2
     rows), nor less than ``floor`` (the idle figures, when correcting shared ones: company
-    never makes a chunk faster). And a row never costs more
-    in a bigger chunk than in a smaller one: a chunk of ``b`` rows is held to at most
-    ``b / a`` times a chunk of ``a`` rows, so splitting never looks like it saves device
-    time. On a shared machine one profile's figures stray by up to a third (the MLP's
-    32-row chunk measured 1.59, 1.76 and 2.22 ms in three start-ups, with 16 rows at
-    0.74-0.97 ms). Trusting such a reading made ``auto`` start 16 of 32 waiting samples on
-    its one free slot and put 16 back (47 of 1,286 plans in a trace at 64 callers), and
-    live timings scale the whole table, so they cannot undo a wrong shape.
+    never makes a chunk faster). And a row never costs more in a bigger chunk than in a
+    smaller one: a chunk of ``b`` rows is held to at most ``b / a`` times a chunk of ``a``
+    rows, so splitting never looks like it saves device time. On a shared machine one
+    profile's figures stray by up to a third (the MLP's 32-row chunk measured 1.59, 1.76
+    and 2.22 ms in three start-ups, with 16 rows at 0.74-0.97 ms). Trusting such a reading
+    made ``auto`` start 16 of 32 waiting samples on its one free slot and put 16 back (47
+    of 1,286 plans in a trace at 64 callers), and live timings scale the whole table, so
+    they cannot undo a wrong shape.
     """
     shaped: dict[int, float] = {}
     top = 0.0

@@ -15,7 +15,7 @@ import numpy as np
 import openvino as ov
 
 from ._config import BatcherConfig, Strategy
-from ._costs import CostTable
+from ._costs import CostTable, plausible_shape
 from ._model import compile_for_batch, read_model
 from .server import load_model
 
@@ -79,12 +79,10 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     costs_path = out.with_suffix(".costs.json")
     chosen = [p for p in profiles if p.size in sizes]
-    CostTable(
-        {p.size: p.latency for p in chosen},
-        source="file",
-        # With every request busy, each chunk holds its request for requests x size / rate.
-        shared_seconds={p.size: max(p.latency, p.requests * p.size / p.throughput) for p in chosen},
-    ).save(costs_path)
+    idle = plausible_shape({p.size: p.latency for p in chosen})
+    # With every request busy, each chunk holds its request for requests x size / rate.
+    shared = plausible_shape({p.size: p.requests * p.size / p.throughput for p in chosen}, idle)
+    CostTable(idle, source="file", shared_seconds=shared).save(costs_path)
     config = BatcherConfig(
         batch_sizes=sizes, strategy=strategy, device=args.device, cost_table_path=str(costs_path)
     )

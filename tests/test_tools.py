@@ -8,6 +8,7 @@ import pytest
 
 from batcher import BatcherConfig, CostTable
 from batcher._cli import main
+from batcher._costs import plausible_shape
 from batcher._tune import SizeProfile, recommend
 
 
@@ -52,6 +53,9 @@ def test_tune_writes_a_config_the_batcher_loads(
     assert set(table.seconds) == set(config.batch_sizes)
     assert set(table.shared_seconds) == set(config.batch_sizes)
     assert all(table.shared_seconds[s] >= table.seconds[s] for s in table.seconds)
+    # Measured figures are held to what batching can do, as a start-up profile's are.
+    assert plausible_shape(table.seconds) == dict(table.seconds)
+    assert plausible_shape(table.shared_seconds, table.seconds) == dict(table.shared_seconds)
     assert "| size | latency ms |" in capsys.readouterr().out
 
 
