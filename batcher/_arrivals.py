@@ -40,10 +40,10 @@ class ArrivalMeter:
     does.
 
     The meter also keeps the most samples outstanding at once (queued or running) over
-    this window and the last: callers that wait for their results hold that many, and when
-    fewer are outstanding, the rest were just answered and are about to submit again
-    (:meth:`returning`). That is a closed loop's own stream, invisible to the rate: its
-    callers come back while a slot is still free.
+    this window and the last, since the batcher was last idle: callers that wait for their
+    results hold that many, and when fewer are outstanding, the rest were just answered
+    and are about to submit again (:meth:`returning`). That is a closed loop's own stream,
+    invisible to the rate: its callers come back while a slot is still free.
     """
 
     __slots__ = (
@@ -72,11 +72,17 @@ class ArrivalMeter:
 
     def outstanding(self, count: int) -> None:
         """A sample was submitted; ``count`` samples are now queued or running."""
-        if count > self._window_peak:
+        if count == 1:
+            # The batcher was idle: everyone who held a sample left and none came back in
+            # the meantime, so the earlier peak no longer says who is coming.
+            self._window_peak = self._last_peak = 1
+        elif count > self._window_peak:
             self._window_peak = count
 
     def returning(self, count: int) -> int:
-        """How many samples are on their way back with ``count`` queued or running now."""
+        """How many samples fewer than at the recent peak are queued or running, when
+        ``count`` are: their callers were answered (or gave up) a moment ago, and callers
+        that wait for their results submit again."""
         return max(self._window_peak, self._last_peak) - count
 
     def arrived(self) -> None:

@@ -511,10 +511,11 @@ class Batcher:
         engine = self._engine
         assert engine is not None
         now = self._clock()
-        # Callers answered a moment ago and about to submit again count as a stream too.
-        more_coming = (
-            self._plans_by_cost
-            and self._arrival_meter.returning(self._queue.depth + self._inflight_samples) > 0
+        # Callers answered a moment ago and about to submit again count as a stream too, as
+        # do callers waiting for room in a full queue.
+        more_coming = self._plans_by_cost and (
+            self._arrival_meter.returning(self._queue.depth + self._inflight_samples) > 0
+            or (self._room is not None and self._room.waiting > 0)
         )
         limit = min(self._queue.depth, self._free_slots * self._config.largest_batch)
         batch: list[Request] = []

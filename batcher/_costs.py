@@ -107,26 +107,40 @@ def plausible_shape(
 ) -> dict[int, float]:
     """Measured seconds per size, corrected to what batching can physically do.
 
-    More rows never cost less than fewer (a measured inversion, seen: 2 rows 0.28 ms < 1 row
-    0.30 ms on the MLP, is noise, and trusting it makes ``auto`` pad every lone sample to 2
-    rows), nor less than ``floor`` (the idle figures, when correcting shared ones: company
-    never makes a chunk faster). And a row never costs more in a bigger chunk than in a
-    smaller one: a chunk of ``b`` rows is held to at most ``b / a`` times a chunk of ``a``
-    rows, so splitting never looks like it saves device time. On a shared machine one
-    profile's figures stray by up to a third (the MLP's 32-row chunk measured 1.59, 1.76
-    and 2.22 ms in three start-ups, with 16 rows at 0.74-0.97 ms). Trusting such a reading
-    made ``auto`` start 16 of 32 waiting samples on its one free slot and put 16 back (47
-    of 1,286 plans in a trace at 64 callers), and live timings scale the whole table, so
-    they cannot undo a wrong shape.
+    A row never costs more in a bigger chunk than in a smaller one, so splitting never looks
+    like it saves device time. On a shared machine one profile's figures stray by up to a
+    third (the MLP's 32-row chunk measured 1.59, 1.76 and 2.22 ms in three start-ups, with
+    16 rows at 0.74-0.97 ms). Trusting such a reading made ``auto`` start 16 of 32 waiting
+    samples on its one free slot and put 16 back (47 of 1,286 plans in a trace at 64
+    callers), and live timings scale the whole table, so they cannot undo a wrong shape.
+    Where sizes break the rule, their seconds per row are pooled to the mean of theirs (a
+    least-squares fit that keeps the rule), so neither reading is trusted over the other
+    and one low reading cannot cap every bigger size.
+
+    Then more rows never cost less than fewer (a measured inversion, seen: 2 rows 0.28 ms
+    < 1 row 0.30 ms on the MLP, is noise, and trusting it makes ``auto`` pad every lone
+    sample to 2 rows), nor less than ``floor`` (the idle figures, when correcting shared
+    ones: company never makes a chunk faster). The floor wins over the per-row rule where
+    the two disagree.
     """
+    sizes = sorted(seconds)
+    # Pool adjacent violators: blocks of consecutive sizes sharing one mean seconds per row,
+    # merged while a block's mean is below the next one's.
+    blocks: list[tuple[float, int]] = []  # (sum of seconds per row, sizes in the block)
+    for size in sizes:
+        total, count = seconds[size] / size, 1
+        while blocks and blocks[-1][0] / blocks[-1][1] <= total / count:
+            last_total, last_count = blocks.pop()
+            total, count = total + last_total, count + last_count
+        blocks.append((total, count))
+    pooled = [(total / count, count > 1) for total, count in blocks for _ in range(count)]
     shaped: dict[int, float] = {}
     top = 0.0
-    per_row = float("inf")
-    for size in sorted(seconds):
-        low = max(top, floor[size] if floor is not None else 0.0)
-        sec = min(max(seconds[size], low), max(per_row * size, low))
-        shaped[size] = top = sec
-        per_row = min(per_row, sec / size)
+    for size, (row, merged) in zip(sizes, pooled, strict=True):
+        # A size left alone keeps its reading exactly: row * size may round it.
+        own = row * size if merged else seconds[size]
+        low = floor[size] if floor is not None else 0.0
+        shaped[size] = top = max(own, low, top)
     return shaped
 
 

@@ -249,7 +249,8 @@ def plan_cost_based(
     chunks for no more device time (measured on the MLP, whose sizes up to 4 cost the
     same: ``pad`` had the best p99 at light open-loop load, 1.2-1.3x ahead of both).
     Callers that wait for their results (a closed loop) do not arrive while every slot is
-    busy with their own samples, so their groups are still split and padded.
+    busy with their own samples, so their groups are still split and padded, unless
+    ``more_coming``.
 
     ``more_coming``: more samples are known to be on their way, as when callers served a
     moment ago are about to submit again. Then the pending samples are planned as for a

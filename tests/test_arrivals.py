@@ -84,9 +84,19 @@ def test_callers_answered_a_moment_ago_count_as_returning_for_two_windows() -> N
     assert meter.returning(32) == 0
 
 
-async def test_auto_plans_as_for_a_stream_while_answered_callers_are_due_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_an_idle_spell_forgets_who_was_outstanding() -> None:
+    meter = ArrivalMeter()
+    for outstanding in range(1, 17):
+        meter.outstanding(outstanding)
+    assert meter.returning(4) == 12
+    # Everyone left and nobody came back until the batcher was idle: a new burst, not
+    # callers returning. (Windows close only as chunks finish, so time alone cannot.)
+    meter.outstanding(1)
+    assert meter.returning(1) == 0
+
+
+def recording_plans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """Every (n, more_coming) the batcher plans with, in order."""
     planned: list[tuple[int, bool]] = []
     real_plan = batcher._core.Batcher._plan
 
@@ -95,6 +105,13 @@ async def test_auto_plans_as_for_a_stream_while_answered_callers_are_due_back(
         return real_plan(self, n, free, more_coming)
 
     monkeypatch.setattr(batcher._core.Batcher, "_plan", recording)
+    return planned
+
+
+async def test_auto_counts_callers_just_answered_as_more_coming_until_it_idles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    planned = recording_plans(monkeypatch)
     gate = ChunkGate()
     config = BatcherConfig(
         batch_sizes=(1, 2, 4), strategy="auto", max_inflight_chunks=1, profile_budget=0.05
@@ -109,9 +126,37 @@ async def test_auto_plans_as_for_a_stream_while_answered_callers_are_due_back(
         # The first sample was planned alone, before any caller had been answered; the
         # other three only after the first caller was, as it might have come back.
         assert planned == [(1, False), (3, True)]
-        # One caller comes back: the other three were answered too, and may follow.
+        # Every caller was answered and none came back while the batcher was idle: the
+        # next one starts afresh.
         await Caller(b, rng_samples((16,), 1)[0]).run()
-        assert planned[-1] == (1, True)
+        assert planned[-1] == (1, False)
+
+
+async def test_auto_counts_callers_waiting_for_room_as_more_coming(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    planned = recording_plans(monkeypatch)
+    # Only the callers waiting for room can make it more_coming here.
+    monkeypatch.setattr(ArrivalMeter, "returning", lambda self, count: 0)
+    gate = ChunkGate()
+    config = BatcherConfig(
+        batch_sizes=(1, 2, 4),
+        strategy="auto",
+        max_inflight_chunks=1,
+        max_queue_size=2,
+        profile_budget=0.05,
+    )
+    async with Batcher(models.mlp((16, 32, 8)), config) as b:
+        b._chunk_hook = gate
+        # One runs (held), two fill the queue, two wait for room.
+        callers = [Caller(b, sample) for sample in rng_samples((16,), 5)]
+        async with anyio.create_task_group() as tg:
+            await start_behind_one(tg, callers)
+            assert b._room is not None
+            assert b._room.waiting == 2
+            gate.open_all()
+        assert all(c.error is None for c in callers)
+        assert planned[:2] == [(1, False), (2, True)]
 
 
 async def test_auto_plans_with_the_rate_of_samples_arriving_while_every_slot_is_busy(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batcher import BatcherConfig, CostTable
+from batcher import BatcherConfig, CostTable, _tune
 from batcher._cli import main
 from batcher._costs import plausible_shape
 from batcher._tune import SizeProfile, recommend
@@ -57,6 +57,26 @@ def test_tune_writes_a_config_the_batcher_loads(
     assert plausible_shape(table.seconds) == dict(table.seconds)
     assert plausible_shape(table.shared_seconds, table.seconds) == dict(table.shared_seconds)
     assert "| size | latency ms |" in capsys.readouterr().out
+
+
+def test_tune_saves_a_superlinear_reading_in_a_plausible_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4 rows read dearer than two chunks of 2: noise on a shared machine, not batching.
+    latency = {1: 0.001, 2: 0.001, 4: 0.005}
+    monkeypatch.setattr(
+        _tune,
+        "profile_size",
+        lambda core, model, size, device, seconds: profile(size, latency[size], 1000.0 * size),
+    )
+    out = tmp_path / "tuned.toml"
+    assert main(["tune", "identity", "--candidates", "1,2,4", "--out", str(out)]) == 0
+    config = BatcherConfig.from_toml(out)
+    assert config.batch_sizes == (1, 2, 4)
+    assert config.cost_table_path is not None
+    seconds = CostTable.load(config.cost_table_path).seconds
+    assert seconds[4] <= 2 * seconds[2] * (1 + 1e-12)
+    assert seconds[1] <= seconds[2] <= seconds[4] < 0.005
 
 
 def test_tune_names_the_rule_for_an_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
