@@ -19,6 +19,10 @@ _MIN_BUSY_SECONDS = 1e-3
 # Fewer arrivals than this over the recent busy time are as good as none: the rate is then
 # exactly 0, where it would otherwise shrink at every window, re-deriving every plan.
 _LEAST_ARRIVALS = 0.5
+# Idle for longer than this since the last chunk landed, the batcher has seen its callers
+# leave rather than come back: closed-loop callers resubmit within moments of their answer
+# (when both slots land together, every one of them has been answered for an instant).
+_FORGET_AFTER_IDLE_SECONDS = 0.02
 
 
 class ArrivalMeter:
@@ -40,9 +44,10 @@ class ArrivalMeter:
     does.
 
     The meter also keeps the most samples outstanding at once (queued or running) over
-    this window and the last, since the batcher was last idle: callers that wait for their
-    results hold that many, and when fewer are outstanding, the rest were just answered
-    and are about to submit again (:meth:`returning`). That is a closed loop's own stream,
+    this window and the last, since the batcher was last idle for a while (see
+    :data:`_FORGET_AFTER_IDLE_SECONDS`): callers that wait for their results hold that
+    many, and when fewer are outstanding, the rest were just answered and are about to
+    submit again (:meth:`returning`). That is a closed loop's own stream,
     invisible to the rate: its callers come back while a slot is still free.
     """
 
@@ -50,6 +55,7 @@ class ArrivalMeter:
         "_arrivals",
         "_busy_seconds",
         "_busy_since",
+        "_landed_at",
         "_last_peak",
         "_window_arrivals",
         "_window_busy_seconds",
@@ -69,15 +75,20 @@ class ArrivalMeter:
         self._window_arrivals = 0
         self._window_busy_seconds = 0.0
         self._window_peak = self._last_peak = 0
+        self._landed_at = 0.0
 
     def outstanding(self, count: int) -> None:
         """A sample was submitted; ``count`` samples are now queued or running."""
-        if count == 1:
-            # The batcher was idle: everyone who held a sample left and none came back in
-            # the meantime, so the earlier peak no longer says who is coming.
+        if count == 1 and self.clock() - self._landed_at > _FORGET_AFTER_IDLE_SECONDS:
+            # The batcher was idle a while: everyone who held a sample left and none came
+            # back, so the earlier peak no longer says who is coming.
             self._window_peak = self._last_peak = 1
         elif count > self._window_peak:
             self._window_peak = count
+
+    def chunk_landed(self) -> None:
+        """A chunk finished; its callers are being answered."""
+        self._landed_at = self.clock()
 
     def returning(self, count: int) -> int:
         """How many samples fewer than at the recent peak are queued or running, when

@@ -595,8 +595,11 @@ class Batcher:
         chunk = flight.chunk
         engine.release(chunk.size, flight.slot)
         self._flights.discard(flight)
-        if not self._free_slots and self._plans_by_cost:
-            self._arrival_meter.slot_freed()
+        if self._plans_by_cost:
+            meter = self._arrival_meter
+            meter.chunk_landed()
+            if not self._free_slots:
+                meter.slot_freed()
         self._free_slots += 1
         self._chunks_per_size[chunk.size] += 1
         self._samples_per_size[chunk.size] += chunk.samples

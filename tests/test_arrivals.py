@@ -85,12 +85,19 @@ def test_callers_answered_a_moment_ago_count_as_returning_for_two_windows() -> N
 
 
 def test_an_idle_spell_forgets_who_was_outstanding() -> None:
-    meter = ArrivalMeter()
+    clock = ManualClock()
+    meter = ArrivalMeter(clock)
     for outstanding in range(1, 17):
         meter.outstanding(outstanding)
-    assert meter.returning(4) == 12
-    # Everyone left and nobody came back until the batcher was idle: a new burst, not
-    # callers returning. (Windows close only as chunks finish, so time alone cannot.)
+    meter.chunk_landed()
+    # Every caller was answered at once (both slots landed together) and the first is back
+    # a moment later: the others are coming too.
+    clock.now = 0.001
+    meter.outstanding(1)
+    assert meter.returning(1) == 15
+    # Idle for a second instead: a new burst, not callers returning. (Windows close only
+    # as chunks finish, so they cannot age the peak while nothing runs.)
+    clock.now = 1.0
     meter.outstanding(1)
     assert meter.returning(1) == 0
 
@@ -116,7 +123,9 @@ async def test_auto_counts_callers_just_answered_as_more_coming_until_it_idles(
     config = BatcherConfig(
         batch_sizes=(1, 2, 4), strategy="auto", max_inflight_chunks=1, profile_budget=0.05
     )
+    clock = ManualClock()
     async with Batcher(models.mlp((16, 32, 8)), config) as b:
+        b._arrival_meter.clock = clock
         b._chunk_hook = gate
         callers = [Caller(b, sample) for sample in rng_samples((16,), 4)]
         async with anyio.create_task_group() as tg:
@@ -126,8 +135,11 @@ async def test_auto_counts_callers_just_answered_as_more_coming_until_it_idles(
         # The first sample was planned alone, before any caller had been answered; the
         # other three only after the first caller was, as it might have come back.
         assert planned == [(1, False), (3, True)]
-        # Every caller was answered and none came back while the batcher was idle: the
-        # next one starts afresh.
+        # One caller comes back at once: the other three were answered too.
+        await Caller(b, rng_samples((16,), 1)[0]).run()
+        assert planned[-1] == (1, True)
+        # After an idle second, the next one is a new burst.
+        clock.now = 1.0
         await Caller(b, rng_samples((16,), 1)[0]).run()
         assert planned[-1] == (1, False)
 
