@@ -47,8 +47,8 @@ class ArrivalMeter:
     this window and the last, since the batcher was last idle for a while (see
     :data:`_FORGET_AFTER_IDLE_SECONDS`): callers that wait for their results hold that
     many, and when fewer are outstanding, the rest were just answered and are about to
-    submit again (:meth:`returning`). That is a closed loop's own stream,
-    invisible to the rate: its callers come back while a slot is still free.
+    submit again (:meth:`returning`). That is a closed loop's own stream, invisible to
+    the rate: its callers come back while a slot is still free.
     """
 
     __slots__ = (

@@ -125,11 +125,12 @@ def plausible_shape(
     """
     sizes = sorted(seconds)
     # Pool adjacent violators: blocks of consecutive sizes sharing one mean seconds per row,
-    # merged while a block's mean is below the next one's.
+    # merged while a block's mean is below the next one's (only then: a table that keeps
+    # the rule comes back exactly as measured).
     blocks: list[tuple[float, int]] = []  # (sum of seconds per row, sizes in the block)
     for size in sizes:
         total, count = seconds[size] / size, 1
-        while blocks and blocks[-1][0] / blocks[-1][1] <= total / count:
+        while blocks and blocks[-1][0] / blocks[-1][1] < total / count:
             last_total, last_count = blocks.pop()
             total, count = total + last_total, count + last_count
         blocks.append((total, count))
